@@ -1,0 +1,120 @@
+"""`ltsearch <command>`: a thin dispatcher in front of the Hydra app.
+
+`run` hands its arguments to Hydra unchanged (so -m, --cfg job, --help, --info and sweeps behave as in
+any Hydra app); `resume` re-enters a run directory with the overrides it was created with; `report`
+tabulates finished runs. Shell completion is Hydra's, with the word `run` removed before Hydra parses.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+USAGE = """usage: ltsearch <command> [args]
+
+commands:
+  run [OVERRIDES...]     compose a config from conf/ and run the pipeline (a Hydra app: -m for sweeps,
+                         --cfg job to print the config, --help for the config groups and their options)
+  resume RUN_DIR [OVERRIDES...]
+                         continue a killed or stopped run in place (finished stages are skipped); extra
+                         overrides may change runtime.* settings only
+  report DIR... [--csv FILE]
+                         table of the runs found below each DIR
+
+examples:
+  ltsearch run                                        # quickstart: CTS-KL on MNIST-1D, a few CPU minutes
+  ltsearch run pruner=cts_kl sparsity=0.993
+  ltsearch run -m pruner=cts_kl,magnitude sparsity=0.9,0.99 seed=0,1
+  ltsearch run experiment=lenet_mnist pruner=magnitude sparsity=0.9 dataset.root=../shared/datasets
+  ltsearch run --help                                 # config groups and options
+  eval "$(ltsearch run -sc install=bash)"             # tab completion
+"""
+
+
+def _error(message: str) -> int:
+    print(f"ltsearch: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _quote(value: str) -> str:
+    """Quote a value for a Hydra override (paths of sweep jobs contain '=' and ',')."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _hydra(args: list[str]) -> int:
+    from ltsearch.app import main as hydra_main
+
+    sys.argv = [sys.argv[0] if sys.argv and sys.argv[0] else "ltsearch", *args]
+    hydra_main()
+    return 0
+
+
+def _completion(args: list[str]) -> int:
+    """Shell completion query: drop the subcommand word from COMP_LINE so Hydra sees only overrides."""
+    line = os.environ.get("COMP_LINE", "")
+    words = line.split(" ")
+    if len(words) > 1 and words[1] == "run":
+        os.environ["COMP_LINE"] = " ".join([words[0], *words[2:]])
+    elif len(words) > 1 and words[1] not in ("", "run"):
+        print("run resume report" if len(words) == 2 else "")
+        return 0
+    return _hydra(args)
+
+
+def _resume(args: list[str]) -> int:
+    from pathlib import Path
+
+    from ltsearch.errors import LtsearchError
+    from ltsearch.rundir import read_record
+
+    if not args or args[0].startswith("-"):
+        return _error("resume needs a run directory: ltsearch resume RUN_DIR [runtime.*=...]")
+    run_dir, extra = Path(args[0]), args[1:]
+    if not run_dir.is_dir():
+        return _error(f"{run_dir} is not a directory")
+    try:
+        record = read_record(run_dir)
+    except LtsearchError as exc:
+        return _error(str(exc))
+    bad = [o for o in extra if not o.lstrip("+~").startswith(("runtime.", "stages", "hydra."))]
+    if bad:
+        return _error(f"resume accepts runtime.*, stages and hydra.* overrides only (got {bad}); "
+                      f"a changed experiment needs a new run directory")
+    overrides = [*record["overrides"], *extra, f"hydra.run.dir={_quote(str(run_dir.resolve()))}"]
+    return _hydra(overrides)
+
+
+def _report(args: list[str]) -> int:
+    from ltsearch.errors import LtsearchError
+    from ltsearch.report import main as report_main
+
+    try:
+        return report_main(args)
+    except LtsearchError as exc:
+        return _error(str(exc))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    command, rest = args[0], args[1:]
+    if command in ("--version", "-V"):
+        from ltsearch import __version__
+
+        print(f"ltsearch {__version__}")
+        return 0
+    if command in ("-sc", "--shell-completion"):
+        return _completion(args)
+    if command == "run":
+        return _hydra(rest)
+    if command == "resume":
+        return _resume(rest)
+    if command == "report":
+        return _report(rest)
+    return _error(f"unknown command '{command}' (commands: run, resume, report; see ltsearch --help)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

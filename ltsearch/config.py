@@ -1,0 +1,283 @@
+"""Typed configuration: the schema every composed config is validated against.
+
+Hydra composes YAML from `conf/` on top of these dataclasses, so types and enum values are checked at
+compose time with Hydra's own messages. Ranges and cross-field rules live in `__post_init__` and run when
+the task builds the typed object with `to_config()` (first thing in every run). Pruner schemas live beside
+their pruner (one file per method) and are registered as `schema_pruner_<name>`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from ltsearch.errors import ConfigError
+
+
+class Stage(str, Enum):
+    search = "search"
+    rewind = "rewind"
+    retrain = "retrain"
+    sanity = "sanity"
+    evaluate = "evaluate"
+
+
+STAGE_ORDER = [s.value for s in Stage]
+
+
+class When(str, Enum):
+    """Pruning point: the initial weights, or the weights after `train.rewind_epoch` epochs of dense training."""
+
+    init = "init"
+    rewind = "rewind"
+
+
+class Optimizer(str, Enum):
+    sgd = "sgd"
+    adam = "adam"
+    adamw = "adamw"
+
+
+class Schedule(str, Enum):
+    constant = "constant"
+    multistep = "multistep"
+    cosine = "cosine"
+
+
+class Augment(str, Enum):
+    none = "none"
+    flip = "flip"
+    crop_flip = "crop_flip"
+
+
+class Precision(str, Enum):
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
+class Shortcut(str, Enum):
+    conv1x1 = "conv1x1"
+    conv3x3 = "conv3x3"
+
+
+class ObjectiveName(str, Enum):
+    task = "task"
+    forward_kl = "forward_kl"
+    reverse_kl = "reverse_kl"
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+@dataclass
+class ModelConfig:
+    """Architecture. `exclude` lists fnmatch patterns of weight names that are never pruned."""
+
+    name: str = MISSING
+    depth: int = 0
+    width: int = 0
+    hidden: list[int] = field(default_factory=list)
+    shortcut: Shortcut = Shortcut.conv1x1
+    exclude: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        _require(self.depth >= 0 and self.width >= 0, "model.depth and model.width must be >= 0")
+        _require(all(h > 0 for h in self.hidden), f"model.hidden sizes must be positive, got {self.hidden}")
+
+
+@dataclass
+class DatasetConfig:
+    """Where the data comes from and how it is normalised and augmented (on the training device)."""
+
+    name: str = MISSING
+    root: str = "data"
+    download: bool = False
+    augment: Augment = Augment.none
+    mean: list[float] = field(default_factory=list)
+    std: list[float] = field(default_factory=list)
+    train_subset: int = 0
+    test_subset: int = 0
+    # fake data only
+    shape: list[int] = field(default_factory=list)
+    num_classes: int = 0
+    train_size: int = 0
+    test_size: int = 0
+
+    def __post_init__(self) -> None:
+        _require(self.train_subset >= 0 and self.test_subset >= 0, "dataset subsets must be >= 0 (0 = all)")
+        _require(len(self.mean) == len(self.std), "dataset.mean and dataset.std must have the same length")
+        _require(all(s > 0 for s in self.std), "dataset.std entries must be positive")
+
+
+@dataclass
+class TrainConfig:
+    """One training schedule, shared by dense pretraining, IMP levels and retraining of the ticket."""
+
+    epochs: int = MISSING
+    batch_size: int = 128
+    optimizer: Optimizer = Optimizer.sgd
+    lr: float = 0.1
+    momentum: float = 0.0
+    nesterov: bool = False
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 0.0
+    schedule: Schedule = Schedule.multistep
+    milestones: list[int] = field(default_factory=list)
+    gamma: float = 0.1
+    warmup_epochs: float = 0.0
+    rewind_epoch: int = 0
+    eval_batch_size: int = 1000
+
+    def __post_init__(self) -> None:
+        _require(self.epochs > 0, f"train.epochs must be > 0, got {self.epochs}")
+        _require(self.batch_size > 0, f"train.batch_size must be > 0, got {self.batch_size}")
+        _require(self.eval_batch_size > 0, "train.eval_batch_size must be > 0")
+        _require(self.lr > 0, f"train.lr must be > 0, got {self.lr}")
+        _require(0 <= self.momentum < 1, f"train.momentum must be in [0, 1), got {self.momentum}")
+        _require(not self.nesterov or self.momentum > 0, "train.nesterov needs train.momentum > 0")
+        _require(self.weight_decay >= 0, "train.weight_decay must be >= 0")
+        _require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "train.betas: two values in [0, 1)")
+        _require(0 < self.gamma <= 1, "train.gamma must be in (0, 1]")
+        _require(0 <= self.warmup_epochs < self.epochs, "train.warmup_epochs must be in [0, epochs)")
+        _require(
+            0 <= self.rewind_epoch < self.epochs,
+            f"train.rewind_epoch must be in [0, epochs={self.epochs}), got {self.rewind_epoch}",
+        )
+        _require(
+            all(0 < m < self.epochs for m in self.milestones),
+            f"train.milestones must lie inside (0, epochs={self.epochs}), got {self.milestones}",
+        )
+
+
+@dataclass
+class ObjectiveConfig:
+    """What a mask should preserve: the task loss, or the dense network's outputs (KL, either direction)."""
+
+    name: ObjectiveName = ObjectiveName.task
+    temperature: float = 1.0
+
+    def __post_init__(self) -> None:
+        _require(self.temperature > 0, "objective.temperature must be > 0")
+
+
+@dataclass
+class RuntimeConfig:
+    """How to run, not what to compute: excluded from the resume check, so it can change between sessions."""
+
+    device: str = "auto"
+    precision: Precision = Precision.auto
+    channels_last: bool = True
+    compile: bool = False
+    threads: int = 0
+    deterministic: bool = True
+    progress: bool = True
+    checkpoint_every: int = 1
+    keep_checkpoints: int = 2
+    data_on_device: str = "auto"
+
+    def __post_init__(self) -> None:
+        _require(
+            self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:"),
+            f"runtime.device must be auto, cpu, cuda, cuda:N or mps, got '{self.device}'",
+        )
+        _require(self.threads >= 0, "runtime.threads must be >= 0 (0 = torch default)")
+        _require(self.checkpoint_every >= 1, "runtime.checkpoint_every must be >= 1")
+        _require(self.keep_checkpoints >= 1, "runtime.keep_checkpoints must be >= 1")
+        _require(self.data_on_device in ("auto", "true", "false"), "runtime.data_on_device: auto, true or false")
+
+
+@dataclass
+class Config:
+    """The whole experiment. `sparsity` is the fraction of prunable weights removed."""
+
+    seed: int = 0
+    sparsity: float = 0.9
+    stages: list[Stage] = field(
+        default_factory=lambda: [Stage.search, Stage.rewind, Stage.retrain, Stage.evaluate]
+    )
+    model: Any = MISSING
+    dataset: Any = MISSING
+    train: Any = MISSING
+    pruner: Any = MISSING
+    objective: Any = MISSING
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def __post_init__(self) -> None:
+        _require(
+            isinstance(self.sparsity, float | int) and 0.0 <= float(self.sparsity) < 1.0,
+            f"sparsity must be in [0, 1) (the fraction of prunable weights removed), got {self.sparsity}",
+        )
+        _require(len(self.stages) > 0, "stages must name at least one stage")
+        _require(len(set(self.stages)) == len(self.stages), f"stages lists a stage twice: {self.stages}")
+
+    @property
+    def density(self) -> float:
+        return 1.0 - float(self.sparsity)
+
+
+# Keys that describe how to run rather than what to compute; a resumed run may change them.
+RUNTIME_KEYS = ("runtime", "stages")
+
+
+def register_configs() -> None:
+    """Put the schemas into Hydra's ConfigStore (idempotent)."""
+    from ltsearch.pruners import registry
+
+    # Root-level names (no group), so that schemas never appear as options in --help or glob() sweeps.
+    # A group file extends its schema with `defaults: [/schema_<group>@_here_, _self_]`.
+    cs = ConfigStore.instance()
+    cs.store(name="ltsearch_schema", node=Config)
+    cs.store(name="schema_model", node=ModelConfig)
+    cs.store(name="schema_dataset", node=DatasetConfig)
+    cs.store(name="schema_train", node=TrainConfig)
+    cs.store(name="schema_objective", node=ObjectiveConfig)
+    for name, pruner_cls in registry().items():
+        cs.store(name=f"schema_pruner_{name}", node=pruner_cls.Config)
+
+
+def to_config(cfg: DictConfig | Config) -> Config:
+    """Validate a composed config (types, enums, ranges, names) and return the typed object."""
+    if isinstance(cfg, Config):
+        return cfg
+    try:
+        obj = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as exc:
+        cause = exc.__cause__ if isinstance(exc.__cause__, ValueError) else None
+        raise ConfigError(f"invalid config: {cause or _first_line(exc)}") from exc
+    except ValueError as exc:
+        raise ConfigError(f"invalid config: {exc}") from exc
+    assert isinstance(obj, Config)
+    _check_names(obj)
+    return obj
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _check_names(cfg: Config) -> None:
+    from ltsearch.data import DATASETS
+    from ltsearch.models import MODELS
+    from ltsearch.pruners import registry
+
+    for kind, name, known in (
+        ("model", cfg.model.name, MODELS),
+        ("dataset", cfg.dataset.name, DATASETS),
+        ("pruner", cfg.pruner.name, registry()),
+    ):
+        if name not in known:
+            raise ConfigError(f"unknown {kind}.name '{name}'; known: {', '.join(sorted(known))}")
+
+
+def config_container(cfg: Config | DictConfig) -> dict[str, Any]:
+    """Plain, resolved dict of a config (enums as names), for records, diffs and results.json."""
+    node = OmegaConf.structured(cfg) if isinstance(cfg, Config) else cfg
+    return OmegaConf.to_container(node, resolve=True, enum_to_str=True)  # type: ignore[return-value]

@@ -1,0 +1,135 @@
+"""Datasets held as tensors, batched and augmented on the training device.
+
+`build_data(cfg)` loads a whole dataset into memory once (images as uint8, MNIST-1D as float) and
+returns a `Data` object. Training batches come from a seeded permutation per epoch; normalisation and
+augmentation run on the batch, on whatever device the tensors live on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+
+import torch
+from torch import Tensor
+
+from ltsearch.config import DatasetConfig
+from ltsearch.data.augment import augment_batch
+from ltsearch.data.sources import (
+    Arrays,
+    load_cifar,
+    load_fake,
+    load_imagefolder,
+    load_mnist1d,
+    load_torchvision_mnist,
+)
+from ltsearch.seeding import generator
+
+DATASETS: dict[str, Callable[[DatasetConfig], Arrays]] = {
+    "mnist1d": load_mnist1d,
+    "mnist": load_torchvision_mnist,
+    "fashion_mnist": load_torchvision_mnist,
+    "cifar10": load_cifar,
+    "cifar100": load_cifar,
+    "imagefolder": load_imagefolder,
+    "fake": load_fake,
+}
+
+
+@dataclass
+class Data:
+    """A train and a test split as tensors, plus how to turn stored samples into network inputs."""
+
+    name: str
+    train_x: Tensor
+    train_y: Tensor
+    test_x: Tensor
+    test_y: Tensor
+    num_classes: int
+    mean: Tensor | None
+    std: Tensor | None
+    augment: str
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.train_x.shape[1:])
+
+    @property
+    def device(self) -> torch.device:
+        return self.train_x.device
+
+    def to(self, device: torch.device | str) -> Data:
+        move = (lambda t: None if t is None else t.to(device))  # noqa: E731
+        return replace(self, train_x=move(self.train_x), train_y=move(self.train_y),
+                       test_x=move(self.test_x), test_y=move(self.test_y),
+                       mean=move(self.mean), std=move(self.std))
+
+    def prepare(self, x: Tensor, device: torch.device | None = None) -> Tensor:
+        """Stored samples -> normalised float inputs on `device` (uint8 images are scaled to [0, 1])."""
+        if device is not None:
+            x = x.to(device, non_blocking=True)
+        x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+        if self.mean is not None:
+            shape = (1, -1) + (1,) * (x.dim() - 2)
+            x = (x - self.mean.to(x.device).view(shape)) / self.std.to(x.device).view(shape)
+        return x
+
+    def train_batches(self, batch_size: int, gen: torch.Generator, augment: bool = True,
+                      device: torch.device | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+        """One epoch of shuffled training batches (the last one may be smaller)."""
+        order = torch.randperm(self.train_x.shape[0], generator=gen)
+        for start in range(0, order.numel(), batch_size):
+            idx = order[start: start + batch_size].to(self.device)
+            x = self.prepare(self.train_x[idx], device)
+            if augment:
+                x = augment_batch(x, self.augment, gen)
+            yield x, self.train_y[idx].to(x.device, non_blocking=True)
+
+    def eval_batches(self, split: str, batch_size: int, device: torch.device | None = None,
+                     limit: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+        """The `split` ("train" or "test") in order, without augmentation; `limit` > 0 takes a prefix."""
+        xs, ys = (self.train_x, self.train_y) if split == "train" else (self.test_x, self.test_y)
+        n = min(limit, xs.shape[0]) if limit else xs.shape[0]
+        for start in range(0, n, batch_size):
+            stop = min(start + batch_size, n)
+            x = self.prepare(xs[start:stop], device)
+            yield x, ys[start:stop].to(x.device, non_blocking=True)
+
+    def sample(self, count: int, seed: int, *keys: object, per_class: bool = False,
+               device: torch.device | None = None) -> tuple[Tensor, Tensor]:
+        """A seeded, un-augmented training subset: `count` random samples, or `count` per class."""
+        gen = generator(seed, "sample", *keys)
+        order = torch.randperm(self.train_x.shape[0], generator=gen)
+        if per_class:
+            labels = self.train_y.cpu()[order]
+            picked = [order[labels == c][:count] for c in range(self.num_classes)]
+            idx = torch.cat(picked)
+        else:
+            idx = order[:count]
+        idx = idx.to(self.device)
+        x = self.prepare(self.train_x[idx], device)
+        return x, self.train_y[idx].to(x.device)
+
+
+def build_data(cfg: DatasetConfig) -> Data:
+    """Load the dataset named by `cfg.name` (on the CPU) and apply subsets and normalisation settings."""
+    arrays = DATASETS[cfg.name](cfg)
+    train_x, train_y, test_x, test_y = arrays.train_x, arrays.train_y, arrays.test_x, arrays.test_y
+    if cfg.train_subset:
+        idx = torch.randperm(train_x.shape[0], generator=generator(0, "train_subset"))[: cfg.train_subset]
+        train_x, train_y = train_x[idx.sort().values], train_y[idx.sort().values]
+    if cfg.test_subset:
+        test_x, test_y = test_x[: cfg.test_subset], test_y[: cfg.test_subset]
+    mean = cfg.mean or arrays.mean
+    std = cfg.std or arrays.std
+    return Data(
+        name=cfg.name,
+        train_x=train_x.contiguous(),
+        train_y=train_y.long().contiguous(),
+        test_x=test_x.contiguous(),
+        test_y=test_y.long().contiguous(),
+        num_classes=arrays.num_classes,
+        mean=torch.tensor(mean, dtype=torch.float32) if mean else None,
+        std=torch.tensor(std, dtype=torch.float32) if std else None,
+        augment=cfg.augment.value,
+    )

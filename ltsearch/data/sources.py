@@ -1,0 +1,222 @@
+"""Loaders: each returns the whole dataset as CPU tensors (`Arrays`), or raises a DataError that says
+what is missing and where it was expected. No loader touches the network unless `dataset.download=true`."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ltsearch.config import DatasetConfig
+from ltsearch.errors import ArtifactError, DataError
+from ltsearch.seeding import generator
+
+
+@dataclass
+class Arrays:
+    train_x: Tensor
+    train_y: Tensor
+    test_x: Tensor
+    test_y: Tensor
+    num_classes: int
+    mean: list[float] | None = None
+    std: list[float] | None = None
+
+
+def cache_dir() -> Path:
+    """Where decoded datasets are cached: $LTSEARCH_CACHE, else ~/.cache/ltsearch."""
+    return Path(os.environ.get("LTSEARCH_CACHE", Path.home() / ".cache" / "ltsearch")).expanduser()
+
+
+def load_mnist1d(cfg: DatasetConfig) -> Arrays:
+    """MNIST-1D, generated offline by the `mnist1d` package with its default (published) arguments."""
+    try:
+        from mnist1d.data import get_dataset_args, make_dataset
+    except ImportError as exc:  # pragma: no cover - a declared dependency
+        raise DataError("dataset 'mnist1d' needs the package mnist1d (pip install mnist1d)") from exc
+    raw = make_dataset(get_dataset_args())
+    to_x = lambda a: torch.from_numpy(np.asarray(a, dtype=np.float32)).unsqueeze(1)  # noqa: E731
+    to_y = lambda a: torch.from_numpy(np.asarray(a, dtype=np.int64))  # noqa: E731
+    return Arrays(to_x(raw["x"]), to_y(raw["y"]), to_x(raw["x_test"]), to_y(raw["y_test"]), 10)
+
+
+def _torchvision(cls: type, cfg: DatasetConfig, expected: str) -> tuple:
+    root = Path(cfg.root).expanduser()
+    try:
+        return cls(str(root), train=True, download=cfg.download), cls(str(root), train=False,
+                                                                          download=cfg.download)
+    except RuntimeError as exc:
+        hint = "set dataset.root to the folder that holds it" + (
+            "" if cfg.download else ", or dataset.download=true where the internet is reachable")
+        raise DataError(f"dataset '{cfg.name}' not found: expected {root / expected}; {hint}") from exc
+    except OSError as exc:  # download attempted without network
+        raise DataError(f"dataset '{cfg.name}': download into {root} failed ({exc})") from exc
+
+
+def load_torchvision_mnist(cfg: DatasetConfig) -> Arrays:
+    from torchvision import datasets
+
+    if cfg.name == "mnist":
+        cls, folder, mean, std = datasets.MNIST, "MNIST/raw/train-images-idx3-ubyte", [0.1307], [0.3081]
+    else:
+        cls, folder, mean, std = datasets.FashionMNIST, "FashionMNIST/raw/train-images-idx3-ubyte", [0.2860], [0.3530]
+    train, test = _torchvision(cls, cfg, folder)
+    return Arrays(train.data.unsqueeze(1), train.targets, test.data.unsqueeze(1), test.targets, 10, mean, std)
+
+
+def load_cifar(cfg: DatasetConfig) -> Arrays:
+    from torchvision import datasets
+
+    if cfg.name == "cifar10":
+        cls, folder, classes = datasets.CIFAR10, "cifar-10-batches-py", 10
+        mean, std = [0.4914, 0.4822, 0.4465], [0.2023, 0.1994, 0.2010]
+    else:
+        cls, folder, classes = datasets.CIFAR100, "cifar-100-python", 100
+        mean, std = [0.5071, 0.4865, 0.4409], [0.2673, 0.2564, 0.2762]
+    train, test = _torchvision(cls, cfg, folder)
+    images = lambda d: torch.from_numpy(d.data).permute(0, 3, 1, 2).contiguous()  # noqa: E731
+    return Arrays(images(train), torch.tensor(train.targets), images(test), torch.tensor(test.targets),
+                  classes, mean, std)
+
+
+def load_fake(cfg: DatasetConfig) -> Arrays:
+    """Synthetic data with learnable signal (a fixed template per class plus noise), for tests."""
+    shape = tuple(cfg.shape) or (3, 8, 8)
+    classes = cfg.num_classes or 10
+    templates = torch.randn(classes, *shape, generator=generator(0, "fake", "templates"))
+
+    def split(size: int, key: str) -> tuple[Tensor, Tensor]:
+        gen = generator(0, "fake", key)
+        y = torch.randint(0, classes, (size,), generator=gen)
+        x = templates[y] + torch.randn(size, *shape, generator=gen)
+        return x, y
+
+    train_x, train_y = split(cfg.train_size or 512, "train")
+    test_x, test_y = split(cfg.test_size or 256, "test")
+    return Arrays(train_x, train_y, test_x, test_y, classes)
+
+
+# -- image folders (also .tar / .tar.gz archives of one) ---------------------------------------------------
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".webp"}
+
+
+def _split_of(rel: Path) -> tuple[str, str] | None:
+    """('train'|'test', class) for a path ending in <split>/<class>/<file>, else None."""
+    if rel.suffix.lower() not in IMAGE_SUFFIXES or len(rel.parts) < 3:
+        return None
+    split, label = rel.parts[-3], rel.parts[-2]
+    return (split, label) if split in ("train", "test") else None
+
+
+def _iter_images(root: Path) -> Iterator[tuple[str, str, str, bytes]]:
+    """(split, class, file name, encoded bytes) from a folder or a tar archive, in sorted order."""
+    if root.is_dir():
+        files = sorted(p for p in root.rglob("*") if p.is_file() and _split_of(p.relative_to(root)))
+        for path in files:
+            split, label = _split_of(path.relative_to(root))  # type: ignore[misc]
+            yield split, label, str(path), path.read_bytes()
+        return
+    try:
+        with tarfile.open(root) as archive:
+            members = sorted((m for m in archive.getmembers() if m.isfile() and _split_of(Path(m.name))),
+                             key=lambda m: m.name)
+            for member in members:
+                split, label = _split_of(Path(member.name))  # type: ignore[misc]
+                handle = archive.extractfile(member)
+                assert handle is not None
+                yield split, label, f"{root}:{member.name}", handle.read()
+    except tarfile.TarError as exc:
+        raise DataError(f"dataset 'imagefolder': {root} is not a readable folder or tar archive ({exc})") from exc
+
+
+def _fingerprint(root: Path) -> str:
+    digest = hashlib.sha256(str(root.resolve()).encode())
+    if root.is_dir():
+        for path in sorted(root.rglob("*")):
+            if path.is_file():
+                stat = path.stat()
+                digest.update(f"{path.relative_to(root)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    else:
+        stat = root.stat()
+        digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:20]
+
+
+def _decode(name: str, data: bytes) -> Tensor:
+    from torchvision.io import ImageReadMode, decode_image
+
+    try:
+        return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+    except RuntimeError:
+        try:
+            from PIL import Image
+
+            with Image.open(io.BytesIO(data)) as img:
+                return torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1).contiguous()
+        except Exception as exc:
+            raise DataError(f"dataset 'imagefolder': cannot decode image {name} ({exc})") from exc
+
+
+def _decode_folder(root: Path) -> dict[str, Tensor]:
+    images: dict[str, list[Tensor]] = {"train": [], "test": []}
+    labels: dict[str, list[str]] = {"train": [], "test": []}
+    shape = None
+    for split, label, name, data in _iter_images(root):
+        img = _decode(name, data)
+        if shape is None:
+            shape = img.shape
+        elif img.shape != shape:
+            raise DataError(f"dataset 'imagefolder': {name} has shape {tuple(img.shape)}, others {tuple(shape)}; "
+                            f"all images must have the same size")
+        images[split].append(img)
+        labels[split].append(label)
+    for split in ("train", "test"):
+        if not images[split]:
+            raise DataError(f"dataset 'imagefolder': no images under {root}/{split}/<class>/ "
+                            f"(expected root/train/<class>/*.jpg and root/test/<class>/*.jpg)")
+    classes = sorted(set(labels["train"]))
+    missing = sorted(set(classes) - set(labels["test"]))
+    extra = sorted(set(labels["test"]) - set(classes))
+    if missing or extra:
+        raise DataError(f"dataset 'imagefolder': train and test class folders differ under {root} "
+                        f"(test lacks {missing or 'none'}, test has extra {extra or 'none'})")
+    index = {c: i for i, c in enumerate(classes)}
+    out = {"classes": classes}
+    for split in ("train", "test"):
+        out[f"{split}_x"] = torch.stack(images[split])
+        out[f"{split}_y"] = torch.tensor([index[c] for c in labels[split]])
+    return out
+
+
+def load_imagefolder(cfg: DatasetConfig) -> Arrays:
+    """root/train/<class>/* and root/test/<class>/* (root may also be a .tar or .tar.gz of such a folder,
+    at any depth). Decoded once to uint8 tensors and cached under `cache_dir()`."""
+    from ltsearch.storage import load_torch, save_torch
+
+    root = Path(cfg.root).expanduser()
+    if not root.exists():
+        raise DataError(f"dataset 'imagefolder': {root} does not exist (set dataset.root to a folder with "
+                        f"train/<class>/ and test/<class>/, or to a .tar.gz of one)")
+    cache = cache_dir() / f"imagefolder-{_fingerprint(root)}.pt"
+    decoded = None
+    if cache.exists():
+        try:
+            decoded = load_torch(cache)
+        except ArtifactError:
+            cache.unlink(missing_ok=True)
+    if decoded is None:
+        decoded = _decode_folder(root)
+        save_torch(cache, decoded)
+    train_x = decoded["train_x"]
+    mean = (train_x.float().mean(dim=(0, 2, 3)) / 255).tolist()
+    std = (train_x.float().std(dim=(0, 2, 3)) / 255).tolist()
+    return Arrays(train_x, decoded["train_y"], decoded["test_x"], decoded["test_y"], len(decoded["classes"]),
+                  mean, std)

@@ -1,0 +1,35 @@
+"""User-facing errors.
+
+`LtsearchError` derives from Hydra's `CompactHydraException`: when it escapes a task, Hydra prints only its
+message (no traceback) and exits non-zero, unless HYDRA_FULL_ERROR=1. In a multirun the failing job is
+recorded and the other jobs still run. Everything the user can cause (bad config, missing data, a resume
+that does not match) raises one of these; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+from hydra.errors import CompactHydraException
+
+
+class LtsearchError(CompactHydraException):
+    """An error caused by input the user can fix; printed as one clear message."""
+
+
+class ConfigError(LtsearchError):
+    """The composed configuration is invalid (range, enum, unknown name, inconsistent options)."""
+
+
+class DataError(LtsearchError):
+    """A dataset is missing, unreadable or inconsistent."""
+
+
+class ResumeError(LtsearchError):
+    """A run directory cannot be (re-)entered: not a run, another config, locked by another process."""
+
+
+class ArtifactError(LtsearchError):
+    """An artifact on disk is corrupt, truncated, or not loadable safely."""
+
+
+class DivergenceError(LtsearchError):
+    """A loss became NaN or Inf; the stage stops without writing its completion marker."""

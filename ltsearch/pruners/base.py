@@ -1,0 +1,107 @@
+"""The pruner interface: one class and one config dataclass per method, in one file.
+
+A pruner receives the dense network at the pruning point (`PruneContext.model`) and returns masks that
+keep exactly `ctx.keep` prunable weights. Methods that train (IMP/LTR) or iterate (CTS, SynFlow) keep
+their resumable state under `ctx.out`. Nothing else in the pipeline needs to know which method ran.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from omegaconf import MISSING
+from torch import Tensor, nn
+
+from ltsearch.config import Config, When
+from ltsearch.data import Data
+from ltsearch.masking import Masks, keep_count, prunable_modules, topk_masks
+from ltsearch.rundir import StageDir
+from ltsearch.runtime import Runtime
+
+
+@dataclass
+class PrunerConfig:
+    """Options every pruner has. `label` names the method in reports (defaults to the config option)."""
+
+    name: str = MISSING
+    label: str = ""
+    when: When = When.init
+
+
+@dataclass
+class PruneContext:
+    """Everything a pruner may use. `model` is dense, at the pruning point, on the device; a pruner may
+    change it (the pipeline reloads the pruning point from disk afterwards)."""
+
+    model: nn.Module
+    data: Data
+    cfg: Config
+    runtime: Runtime
+    out: StageDir
+    seed: int
+    density: float
+    trainer: Any = None  # callable(model, key, start_epoch, end_epoch, out) -> history (see pipeline)
+
+    @property
+    def exclude(self) -> list[str]:
+        return list(self.cfg.model.exclude)
+
+    def prunable(self) -> dict[str, nn.Module]:
+        return prunable_modules(self.model, self.exclude)
+
+    @property
+    def total(self) -> int:
+        return sum(m.weight.numel() for m in self.prunable().values())
+
+    @property
+    def keep(self) -> int:
+        """k = floor(density * N): the exact number of weights the final mask keeps."""
+        return keep_count(self.density, self.total)
+
+
+@dataclass
+class PruneResult:
+    masks: Masks
+    scores: dict[str, Tensor] | None = None  # higher = more important (used by the invert sanity check)
+    info: dict[str, Any] = field(default_factory=dict)  # method-specific numbers for the record
+
+
+class Pruner(ABC):
+    """Subclass, set `key` (the registry name) and `Config`, implement `prune`."""
+
+    key: ClassVar[str] = ""
+    Config: ClassVar[type[PrunerConfig]] = PrunerConfig
+    # A pruner that keeps everything regardless of `sparsity` (the dense baseline) says so here.
+    ignores_sparsity: ClassVar[bool] = False
+
+    def __init__(self, cfg: PrunerConfig) -> None:
+        self.cfg = cfg
+
+    @abstractmethod
+    def prune(self, ctx: PruneContext) -> PruneResult: ...
+
+
+class ScorePruner(Pruner):
+    """Single-shot pruning: score every prunable weight, keep the global top-k."""
+
+    @abstractmethod
+    def scores(self, ctx: PruneContext) -> dict[str, Tensor]: ...
+
+    def prune(self, ctx: PruneContext) -> PruneResult:
+        scores = {name: s.detach().float().cpu() for name, s in self.scores(ctx).items()}
+        return PruneResult(topk_masks(scores, ctx.keep), scores)
+
+
+def weights_at(ctx: PruneContext) -> dict[str, Tensor]:
+    """The prunable weights of the pruning-point model, detached."""
+    return {name: m.weight.detach() for name, m in ctx.prunable().items()}
+
+
+def uniform_scores(ctx: PruneContext, *keys: object) -> dict[str, Tensor]:
+    from ltsearch.seeding import generator
+
+    gen = generator(ctx.seed, *keys)
+    return {name: torch.rand(w.shape, generator=gen) for name, w in weights_at(ctx).items()}

@@ -1,0 +1,202 @@
+"""The run directory: its config record, its lock, and one folder per stage with a completion marker.
+
+Layout (open_lth style: every stage skipped when its output exists):
+
+    RUN_DIR/run.json          the run's own record of its config, written once (Hydra rewrites .hydra/)
+    RUN_DIR/.lock             held (flock) by the one process working on the run
+    RUN_DIR/<stage>/...       the stage's artifacts
+    RUN_DIR/<stage>/DONE.json completion marker, written last: wall time + SHA-256 of every artifact
+
+A folder without DONE.json is unfinished; its resumable parts (epoch checkpoints) carry their own index.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from ltsearch import __version__
+from ltsearch.errors import ArtifactError, ResumeError
+from ltsearch.storage import load_json, load_torch, save_json, save_torch
+
+RECORD = "run.json"
+MARKER = "DONE.json"
+CLOCK = "clock.json"
+FAILURE = "failed.json"
+
+
+class RunLock:
+    """One writer per run directory.
+
+    `flock` is released by the kernel when its holder dies, even by SIGKILL, so a lock left by a killed
+    process is stale by construction and is simply taken over; a live holder is reported by pid and host.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / ".lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 256, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise ResumeError(
+                f"{self.path.parent} is in use by {holder}; one process per run directory "
+                f"(wait for it to finish or stop it, then resume)"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.ctime()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> RunLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+class StageDir:
+    """A folder whose artifacts are checksummed and whose completion is marked last.
+
+    Stages may nest (e.g. `search/pretrain`): a child's clock also advances its parent's, so the wall
+    time of a stage includes its parts, and time lost to a crash after the last checkpoint is not counted.
+    """
+
+    def __init__(self, path: Path, parent: StageDir | None = None) -> None:
+        self.path = Path(path)
+        self.parent = parent
+        self.name = self.path.name
+        self.manifest: dict[str, str] = {}
+        self._t0 = time.perf_counter()
+        self._prior = 0.0
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+    def child(self, name: str) -> StageDir:
+        return StageDir(self.path / name, parent=self)
+
+    def start(self) -> StageDir:
+        """Begin (or continue) work: restore the time spent by earlier sessions up to their last checkpoint."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        clock = self.path / CLOCK
+        self._prior = float(load_json(clock)["elapsed"]) if clock.exists() else 0.0
+        self._t0 = time.perf_counter()
+        return self
+
+    def elapsed(self) -> float:
+        return self._prior + time.perf_counter() - self._t0
+
+    def checkpoint_clock(self) -> None:
+        """Persist the elapsed time; called whenever resumable progress is persisted."""
+        save_json(self.path / CLOCK, {"elapsed": self.elapsed()})
+        if self.parent is not None:
+            self.parent.checkpoint_clock()
+
+    @property
+    def done(self) -> bool:
+        return (self.path / MARKER).exists()
+
+    def info(self) -> dict[str, Any]:
+        """The completion marker of a finished stage."""
+        return load_json(self.path / MARKER)
+
+    def mark_done(self, **extra: Any) -> dict[str, Any]:
+        info = {"stage": self.name, "wall_time": self.elapsed(), "finished": time.time(), **extra,
+                "artifacts": dict(sorted(self.manifest.items()))}
+        save_json(self.path / MARKER, info)
+        return info
+
+    # -- artifacts -------------------------------------------------------------------------------------
+    def save_tensors(self, name: str, obj: Any) -> Path:
+        path = self.path / name
+        self.manifest[name] = save_torch(path, obj)
+        return path
+
+    def save_json(self, name: str, obj: Any) -> Path:
+        path = self.path / name
+        self.manifest[name] = save_json(path, obj)
+        return path
+
+    def load_tensors(self, name: str, map_location: str = "cpu") -> Any:
+        """Load an artifact, verified against the checksum its writer recorded."""
+        return load_torch(self.path / name, sha256=self._recorded_sha(name), map_location=map_location)
+
+    def load_json(self, name: str) -> Any:
+        from ltsearch.storage import sha256_file
+
+        path = self.path / name
+        sha = self._recorded_sha(name)
+        if sha is not None and path.exists() and sha256_file(path) != sha:
+            raise ArtifactError(f"{path} is corrupt: its checksum does not match the one recorded when it was written")
+        return load_json(path)
+
+    def _recorded_sha(self, name: str) -> str | None:
+        if name in self.manifest:
+            return self.manifest[name]
+        if self.done:
+            return self.info().get("artifacts", {}).get(name)
+        return None
+
+
+def read_record(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / RECORD
+    if not path.exists():
+        raise ResumeError(f"{run_dir} is not an ltsearch run directory (no {RECORD} in it)")
+    return load_json(path)
+
+
+def write_record(run_dir: Path, config: dict[str, Any], overrides: list[str], label: str) -> None:
+    save_json(Path(run_dir) / RECORD, {
+        "ltsearch_version": __version__,
+        "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "label": label,
+        "overrides": overrides,
+        "config": config,
+    })
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted keys of a nested dict; lists are compared as values."""
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def config_diff(recorded: dict[str, Any], current: dict[str, Any], ignore: tuple[str, ...]) -> list[str]:
+    """Per-key differences, one line each, skipping keys under `ignore` prefixes."""
+    old, new = flatten(recorded), flatten(current)
+    lines = []
+    for key in sorted(set(old) | set(new)):
+        if any(key == p or key.startswith(p + ".") for p in ignore):
+            continue
+        a, b = old.get(key, "<absent>"), new.get(key, "<absent>")
+        if a != b:
+            lines.append(f"  {key}: {a!r} (recorded) -> {b!r} (now)")
+    return lines
+
+
+def write_failure(run_dir: Path, stage: str | None, error: BaseException) -> None:
+    save_json(Path(run_dir) / FAILURE, {
+        "stage": stage, "error": f"{type(error).__name__}: {str(error).strip()}", "time": time.time(),
+    })
+
+
+def clear_failure(run_dir: Path) -> None:
+    (Path(run_dir) / FAILURE).unlink(missing_ok=True)

@@ -1,0 +1,1 @@
+"""Pipeline stages, one module each: `REQUIRES` (stages whose output it reads) and `run(ctx, out)`."""

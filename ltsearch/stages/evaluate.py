@@ -1,0 +1,90 @@
+"""Stage `evaluate`: results.json, the one record a report reads.
+
+Test accuracy and loss of the final network (the retrained ticket, or the untrained ticket when retrain
+did not run), target versus measured density counted from the effective weights the forward pass uses,
+per-layer densities, parameter counts, wall time of every stage and the resolved config.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from rich.table import Table
+
+from ltsearch.config import STAGE_ORDER, config_container
+from ltsearch.masking import attach_masks, effective_density_report, keep_count, load_plain_state_dict
+from ltsearch.pipeline import RunContext
+from ltsearch.rundir import StageDir
+from ltsearch.runtime import console
+from ltsearch.training.evaluate import evaluate
+
+log = logging.getLogger(__name__)
+REQUIRES = ("rewind",)
+
+
+def final_weights(ctx: RunContext) -> tuple[dict[str, Any], str]:
+    retrain = ctx.stage("retrain")
+    if retrain.done:
+        return retrain.load_tensors("final.pt"), "retrain"
+    return ctx.stage("rewind").load_tensors("ticket.pt"), "rewind"
+
+
+def run(ctx: RunContext, out: StageDir) -> dict[str, Any]:
+    weights, source = final_weights(ctx)
+    model = ctx.new_model()
+    load_plain_state_dict(model, weights["state_dict"])
+    attach_masks(model, weights["masks"])
+    test = evaluate(model, ctx.data, ctx.runtime, "test", ctx.cfg.train.eval_batch_size)
+    measured = effective_density_report(model, ctx.cfg.model.exclude)
+    search = ctx.stage("search")
+    total_params = sum(p.numel() for p in model.parameters())
+    times = {s: ctx.stage(s).info()["wall_time"] for s in STAGE_ORDER if ctx.stage(s).done}
+    results = {
+        "label": ctx.label or ctx.cfg.pruner.name,
+        "pruner": ctx.cfg.pruner.name,
+        "seed": ctx.cfg.seed,
+        "sparsity": float(ctx.cfg.sparsity),
+        "weights": source,
+        "test_acc": test["acc"],
+        "test_loss": test["loss"],
+        "density": {
+            "target": ctx.target_density,
+            "target_kept": keep_count(ctx.target_density, measured["total"]),
+            "measured": measured["density"],
+            "measured_kept": measured["kept"],
+            "prunable": measured["total"],
+        },
+        "layers": {name: {"density": v["density"], "kept": v["kept"], "total": v["total"]}
+                   for name, v in measured["layers"].items()},
+        "collapsed_layers": measured["collapsed_layers"],
+        "parameters": {"total": total_params, "prunable": measured["total"],
+                       "nonzero_prunable": measured["kept"],
+                       "unprunable": total_params - measured["total"]},
+        "pruning_point": search.load_json("metrics.json") if search.done else None,
+        "wall_time": {**times, "evaluate": out.elapsed(), "total": sum(times.values()) + out.elapsed()},
+        "config": config_container(ctx.cfg),
+    }
+    out.save_json("results.json", results)
+    print_summary(results)
+    return {"test_acc": test["acc"]}
+
+
+def print_summary(results: dict[str, Any]) -> None:
+    density = results["density"]
+    table = Table(title=f"ltsearch: {results['label']} at sparsity {results['sparsity']}", show_header=False)
+    table.add_row("test accuracy", f"{results['test_acc']:.4f}  (loss {results['test_loss']:.4f}, "
+                                   f"weights after {results['weights']})")
+    pp = results.get("pruning_point") or {}
+    if pp.get("pruning_point"):
+        before = pp["pruning_point"]
+        table.add_row("before retraining", f"test acc {before['test_acc']:.4f}, "
+                                           f"reverse KL {before['objective']['reverse_kl']:.4f}")
+    table.add_row("density", f"target {density['target']:.6f} ({density['target_kept']} weights), "
+                              f"measured {density['measured']:.6f} ({density['measured_kept']} of "
+                              f"{density['prunable']})")
+    if results["collapsed_layers"]:
+        table.add_row("layer collapse", ", ".join(results["collapsed_layers"]))
+    times = results["wall_time"]
+    table.add_row("wall time", ", ".join(f"{k} {v:.1f}s" for k, v in times.items()))
+    console().print(table)

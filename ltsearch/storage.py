@@ -1,0 +1,135 @@
+"""Crash-safe artifact storage.
+
+Every file ltsearch writes goes through `atomic_write`: the bytes go to a hidden temporary file in the
+same folder, are flushed and fsynced, and the file is renamed over its final name (then the folder is
+fsynced). A reader, or a resumed run, therefore sees either the old complete file or the new complete
+file, never a partial one, whenever the process is killed.
+
+Tensors are loaded only with `torch.load(weights_only=True)`: a file that needs arbitrary unpickling
+(and so could run code) is refused. Artifacts carry a SHA-256 recorded by their writer, so a truncated or
+flipped file is detected by name instead of silently producing a wrong number.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import pickle
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ltsearch.errors import ArtifactError
+
+TMP_MARK = ".tmp-"
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # some filesystems do not allow opening folders
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def atomic_write(path: str | Path, data: bytes) -> str:
+    """Write `data` to `path` atomically and durably; return its SHA-256."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}{TMP_MARK}{os.getpid()}"
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+    return sha256_bytes(data)
+
+
+def remove_stale_temporaries(folder: str | Path) -> int:
+    """Delete temporary files left by a killed writer below `folder`; return how many."""
+    count = 0
+    for tmp in Path(folder).rglob(f".*{TMP_MARK}*"):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            count += 1
+    return count
+
+
+def save_json(path: str | Path, obj: Any) -> str:
+    text = json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n"
+    return atomic_write(path, text.encode())
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, torch.Tensor) and obj.numel() == 1:
+        return obj.item()
+    if hasattr(obj, "item"):
+        return obj.item()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def load_json(path: str | Path) -> Any:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(f"{path} is corrupt (invalid JSON: {exc.msg} at line {exc.lineno})") from exc
+
+
+def save_torch(path: str | Path, obj: Any) -> str:
+    """Serialise tensors/containers atomically; return the SHA-256 of the file."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return atomic_write(path, buffer.getvalue())
+
+
+def load_torch(path: str | Path, sha256: str | None = None, map_location: str | torch.device = "cpu") -> Any:
+    """Load a tensor file safely (weights_only), checking its SHA-256 when one was recorded."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError as exc:
+        raise ArtifactError(f"{path} is missing") from exc
+    if sha256 is not None and sha256_bytes(data) != sha256:
+        raise ArtifactError(f"{path} is corrupt: its checksum does not match the one recorded when it was written")
+    try:
+        return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ArtifactError(
+            f"{path} refused: it needs arbitrary unpickling, which could run code "
+            f"(ltsearch loads tensor files with weights_only=True only)"
+        ) from exc
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as exc:
+        raise ArtifactError(f"{path} is corrupt or truncated ({str(exc).splitlines()[0][:120]})") from exc
+
+
+def iter_files(folder: Path) -> Iterator[Path]:
+    """Files below `folder` in a stable order, without temporaries."""
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and TMP_MARK not in path.name:
+            yield path

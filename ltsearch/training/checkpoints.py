@@ -1,0 +1,55 @@
+"""Epoch checkpoints with an index of checksums and a fallback to the previous good one."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from ltsearch.errors import ArtifactError
+from ltsearch.storage import load_json, load_torch, save_json, save_torch
+
+log = logging.getLogger(__name__)
+INDEX = "index.json"
+
+
+class Checkpoints:
+    """`folder/epoch_NNNN.pt` files plus `folder/index.json` (epoch, file, sha256), newest last.
+
+    The checkpoint file is written (atomically) before the index names it, so the index never points at a
+    partial file; a file damaged later fails its checksum and `latest()` falls back to an older one.
+    """
+
+    def __init__(self, folder: Path, keep: int = 2) -> None:
+        self.folder = Path(folder)
+        self.keep = keep
+
+    def _entries(self) -> list[dict[str, Any]]:
+        index = self.folder / INDEX
+        if not index.exists():
+            return []
+        try:
+            return list(load_json(index)["checkpoints"])
+        except (ArtifactError, KeyError, TypeError):
+            log.warning("checkpoint index %s is unreadable; starting this phase from its beginning", index)
+            return []
+
+    def save(self, epoch: int, state: dict[str, Any]) -> None:
+        name = f"epoch_{epoch:04d}.pt"
+        sha = save_torch(self.folder / name, state)
+        entries = [e for e in self._entries() if e["epoch"] != epoch] + [{"epoch": epoch, "file": name, "sha256": sha}]
+        entries.sort(key=lambda e: e["epoch"])
+        stale, entries = entries[: -self.keep], entries[-self.keep:]
+        save_json(self.folder / INDEX, {"checkpoints": entries})
+        for entry in stale:
+            (self.folder / entry["file"]).unlink(missing_ok=True)
+
+    def latest(self) -> dict[str, Any] | None:
+        """The newest checkpoint that loads and matches its checksum, or None."""
+        for entry in reversed(self._entries()):
+            path = self.folder / entry["file"]
+            try:
+                return load_torch(path, sha256=entry["sha256"])
+            except ArtifactError as exc:
+                log.warning("%s; falling back to an earlier checkpoint", exc)
+        return None
