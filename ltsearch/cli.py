@@ -41,9 +41,37 @@ def _quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+def config_groups() -> list[str]:
+    """The config groups shipped in conf/ (folders other than hydra/)."""
+    from importlib.resources import files
+
+    root = files("ltsearch.conf")
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and p.name not in ("hydra", "__pycache__"))
+
+
+def check_group_overrides(args: list[str]) -> str | None:
+    """Hydra answers `model=0.993` with a raw traceback; catch a number given for a config group here."""
+    groups = config_groups()
+    for arg in args:
+        key, sep, value = arg.lstrip("+~").partition("=")
+        if not sep or key not in groups:
+            continue
+        for item in value.split(","):
+            try:
+                float(item)
+            except ValueError:
+                continue
+            return (f"'{arg}': {key} is a config group; choose an option by name "
+                    f"(ltsearch run --help lists them), or set a key inside it, e.g. {key}.<key>={item}")
+    return None
+
+
 def _hydra(args: list[str]) -> int:
     from ltsearch.app import main as hydra_main
 
+    problem = check_group_overrides(args)
+    if problem:
+        return _error(problem)
     sys.argv = [sys.argv[0] if sys.argv and sys.argv[0] else "ltsearch", *args]
     hydra_main()
     return 0

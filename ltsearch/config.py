@@ -223,8 +223,8 @@ class Config:
         return 1.0 - float(self.sparsity)
 
 
-# Keys that describe how to run rather than what to compute; a resumed run may change them.
-RUNTIME_KEYS = ("runtime", "stages")
+# Keys that describe how (or from where) to run rather than what to compute; a resumed run may change them.
+RUNTIME_KEYS = ("runtime", "stages", "dataset.root", "dataset.download")
 
 
 def register_configs() -> None:
