@@ -1,0 +1,320 @@
+"""Concrete Ticket Search (Arora & Teuscher 2025): learn mask logits over a Concrete relaxation.
+
+The weights stay frozen at the pruning point; only one global vector of logits `theta` (one per prunable
+weight) is optimised with Adam. Every minibatch draws fresh logistic noise L and uses the soft mask
+m = sigmoid(L / tau + theta) in the forward pass (`torch.func.functional_call` with w * m, so the model
+itself is never modified). The objective compares the masked network with the same network unmasked
+(the "dense teacher" at the pruning point): task loss, forward KL or reverse KL (`objective=`).
+
+Sparsity is controlled by GradBalance: with s_err = 100 (sum sigmoid(theta) / (slack d N) - 1), the
+gradient of s_err is added to the task gradient with a weight lambda that balances the two norms,
+lambda* = ||g_task|| / ||g_sp|| while s_err > 0 (else 0), smoothed by an EMA of 0.99. It has no tunable
+coefficient: rescaling the objective rescales lambda* identically. The `lagrange` control is the
+paper's ablation (a multiplier updated by gradient ascent, no slack). The final mask is the exact global
+top-k of theta; theta itself is saved as the method's scores (the inverted-mask sanity check uses it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from ltsearch.config import ObjectiveName, When
+from ltsearch.data import Data
+from ltsearch.masking import batch_statistics, topk_masks
+from ltsearch.objectives import objective
+from ltsearch.pruners.base import PruneContext, Pruner, PrunerConfig, PruneResult
+from ltsearch.runtime import progress_bar
+from ltsearch.seeding import generator
+from ltsearch.storage import save_json
+from ltsearch.training.checkpoints import Checkpoints
+
+log = logging.getLogger(__name__)
+
+LENGTHS = {"short": 0.125, "half": 0.5, "long": 1.0}
+NOISE_CLAMP = 1e-10
+
+
+class Control(str, Enum):
+    gradbalance = "gradbalance"
+    lagrange = "lagrange"
+
+
+class Length(str, Enum):
+    short = "short"
+    half = "half"
+    long = "long"
+
+
+@dataclass
+class CTSConfig(PrunerConfig):
+    """Options of the search. `epochs` > 0 overrides `length` (a fraction of train.epochs:
+    short 1/8, half 1/2, long 1). `lr_drop_epoch` -1 = automatic (x0.1 at 7/8 of searches of at least
+    8 epochs), 0 = never."""
+
+    when: When = When.rewind
+    length: Length = Length.short
+    epochs: int = 0
+    lr: float = 0.1
+    temperature: float = 2.0 / 3.0
+    control: Control = Control.gradbalance
+    slack: float = 1.1
+    lambda_ema: float = 0.99
+    lr_drop_epoch: int = -1
+    lr_drop_factor: float = 0.1
+    batch_size: int = 0
+    autocast: bool = True
+
+    def __post_init__(self) -> None:
+        if self.epochs < 0:
+            raise ValueError(f"pruner.epochs must be >= 0 (0 = use pruner.length), got {self.epochs}")
+        if self.lr <= 0 or self.temperature <= 0:
+            raise ValueError("pruner.lr and pruner.temperature must be > 0")
+        if self.slack < 1:
+            raise ValueError(f"pruner.slack must be >= 1 (1.1 = 10% over the target count), got {self.slack}")
+        if not 0 <= self.lambda_ema < 1:
+            raise ValueError("pruner.lambda_ema must be in [0, 1)")
+        if self.lr_drop_epoch < -1 or not 0 < self.lr_drop_factor <= 1:
+            raise ValueError("pruner.lr_drop_epoch must be >= -1 and pruner.lr_drop_factor in (0, 1]")
+        if self.batch_size < 0:
+            raise ValueError("pruner.batch_size must be >= 0 (0 = train.batch_size)")
+
+
+# -- the formulas ------------------------------------------------------------------------------------------
+def logistic_noise(n: int, gen: torch.Generator, device: torch.device) -> Tensor:
+    """L = log u - log(1 - u), u ~ U(0, 1) clamped to [1e-10, 1 - 1e-10]."""
+    u = torch.rand(n, generator=gen, device=device).clamp_(NOISE_CLAMP, 1 - NOISE_CLAMP)
+    return torch.log(u) - torch.log1p(-u)
+
+
+def soft_mask(theta: Tensor, noise: Tensor, temperature: float) -> Tensor:
+    """The Concrete relaxation m = sigmoid(L / tau + theta) (no stretch, no straight-through)."""
+    return torch.sigmoid(noise / temperature + theta)
+
+
+def sparsity_error(theta: Tensor, density: float, slack: float) -> tuple[Tensor, Tensor]:
+    """s_err = 100 (sum sigmoid(theta) / (slack d N) - 1) and its analytic gradient w.r.t. theta."""
+    p = torch.sigmoid(theta)
+    scale = 100.0 / (slack * density * theta.numel())
+    return scale * p.sum() - 100.0, scale * p * (1 - p)
+
+
+def gradbalance_lambda(g_task: Tensor, g_sp: Tensor, s_err: float) -> float:
+    """lambda* = ||g_task|| / (||g_sp|| + 1e-12) while the expected count exceeds the slack, else 0."""
+    if s_err <= 0:
+        return 0.0
+    return float(g_task.norm() / (g_sp.norm() + 1e-12))
+
+
+class SparsityControl:
+    """Combines the objective's gradient with the sparsity gradient into theta.grad."""
+
+    def __init__(self, cfg: CTSConfig, density: float, mask_lr: float) -> None:
+        self.cfg = cfg
+        self.density = density
+        self.mask_lr = mask_lr
+        self.lam = 0.0
+        self.steps = 0
+
+    @property
+    def slack(self) -> float:
+        return self.cfg.slack if self.cfg.control == Control.gradbalance else 1.0
+
+    def gradient(self, theta: Tensor, g_task: Tensor) -> tuple[Tensor, float]:
+        """theta.grad for this step, and s_err."""
+        s_err, g_sp = sparsity_error(theta.detach(), self.density, self.slack)
+        err = float(s_err)
+        if self.cfg.control == Control.gradbalance:
+            target = gradbalance_lambda(g_task, g_sp, err)
+            ema = self.cfg.lambda_ema
+            self.lam = target if self.steps == 0 else ema * self.lam + (1 - ema) * target
+            grad = g_task + self.lam * g_sp
+        else:
+            # Lagrangian R + lam * s_err (target exactly d): descend on theta, ascend on lam.
+            grad = g_task + self.lam * g_sp
+            self.lam += 0.01 * self.mask_lr * err
+        self.steps += 1
+        return grad, err
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"lam": self.lam, "steps": self.steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.lam, self.steps = float(state["lam"]), int(state["steps"])
+
+
+# -- the search --------------------------------------------------------------------------------------------
+def search_epochs(cfg: CTSConfig, train_epochs: int) -> int:
+    if cfg.epochs > 0:
+        return cfg.epochs
+    return max(1, math.floor(LENGTHS[Length(cfg.length).value] * train_epochs + 0.5))
+
+
+def drop_epoch(cfg: CTSConfig, epochs: int) -> int | None:
+    """Epoch after which the mask lr is multiplied by lr_drop_factor (once), or None."""
+    if cfg.lr_drop_epoch == 0:
+        return None
+    if cfg.lr_drop_epoch > 0:
+        return cfg.lr_drop_epoch if cfg.lr_drop_epoch < epochs else None
+    return math.floor(0.875 * epochs + 0.5) if epochs >= 8 else None
+
+
+class LogitLayout:
+    """One flat logit vector over all prunable weights, and the views that map it back to layers."""
+
+    def __init__(self, weights: dict[str, Tensor]) -> None:
+        self.names = list(weights)
+        self.shapes = [weights[n].shape for n in self.names]
+        self.sizes = [weights[n].numel() for n in self.names]
+        self.weights = weights
+        self.total = sum(self.sizes)
+
+    def split(self, flat: Tensor) -> dict[str, Tensor]:
+        return {n: part.view(shape) for n, part, shape in zip(self.names, flat.split(self.sizes), self.shapes,
+                                                              strict=True)}
+
+    def masked_weights(self, mask: Tensor) -> dict[str, Tensor]:
+        return {n: self.weights[n] * m for n, m in self.split(mask).items()}
+
+
+class ConcreteSearch:
+    """The optimisation state of one search (theta, Adam, the sparsity control) and its steps.
+
+    The network runs with BatchNorm on batch statistics; `batch_statistics` in `CTSPruner.prune`
+    restores the saved running statistics afterwards.
+    """
+
+    def __init__(self, model: nn.Module, weights: dict[str, Tensor], density: float, cfg: CTSConfig,
+                 objective_name: str, objective_temperature: float, autocast: Callable[[], Any]) -> None:
+        self.model = model
+        self.layout = LogitLayout(weights)
+        self.device = next(iter(weights.values())).device
+        self.density = density
+        self.cfg = cfg
+        self.objective_name = ObjectiveName(objective_name).value
+        self.objective_temperature = objective_temperature
+        self.needs_teacher = self.objective_name != ObjectiveName.task.value
+        self.autocast = autocast
+        init = math.log(density / (1 - density)) if density < 1 else 20.0  # theta_i = logit(d)
+        self.theta = torch.full((self.layout.total,), init, device=self.device, requires_grad=True)
+        self.optimizer = torch.optim.Adam([self.theta], lr=cfg.lr)
+        self.control = SparsityControl(cfg, density, cfg.lr)
+        self.s_err = 0.0
+
+    def step(self, x: Tensor, y: Tensor, noise_gen: torch.Generator) -> float:
+        """One minibatch: fresh noise, soft mask, objective, GradBalance gradient, Adam step."""
+        teacher = None
+        if self.needs_teacher:
+            with torch.no_grad(), self.autocast():
+                teacher = self.model(x).float()
+        noise = logistic_noise(self.layout.total, noise_gen, self.device)
+        mask = soft_mask(self.theta, noise, self.cfg.temperature)
+        with self.autocast():
+            student = functional_call(self.model, self.layout.masked_weights(mask), (x,))
+        value = objective(self.objective_name, student.float(), teacher, y, self.objective_temperature)
+        (g_task,) = torch.autograd.grad(value, self.theta)
+        self.theta.grad, self.s_err = self.control.gradient(self.theta, g_task)
+        self.optimizer.step()
+        return float(value.detach())
+
+    def run_epoch(self, data: Data, batch_size: int, seed: int, epoch: int,
+                  advance: Callable[[], None] = lambda: None) -> dict[str, Any]:
+        """One pass over the (un-augmented) training set; data order and noise seeded by the epoch."""
+        t0 = time.perf_counter()
+        data_gen = generator(seed, "cts", "epoch", epoch)
+        noise_gen = generator(seed, "cts", "noise", epoch, device=self.device)
+        total, seen = 0.0, 0
+        for x, y in data.train_batches(batch_size, data_gen, augment=False, device=self.device):
+            total += self.step(x, y, noise_gen) * y.numel()
+            seen += y.numel()
+            advance()
+        with torch.no_grad():
+            expected = float(torch.sigmoid(self.theta).mean())
+            positive = float((self.theta > 0).float().mean())
+        return {"epoch": epoch + 1, "objective": total / seen, "expected_density": expected,
+                "density_theta_positive": positive, "target_density": self.density,
+                "lambda": self.control.lam, "s_err": self.s_err, "lr": self.optimizer.param_groups[0]["lr"],
+                "time": time.perf_counter() - t0}
+
+    def drop_lr(self, factor: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] *= factor
+
+    def scores(self) -> dict[str, Tensor]:
+        return {n: t.detach().float().cpu() for n, t in self.layout.split(self.theta.detach()).items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"theta": self.theta.detach().cpu(), "optimizer": self.optimizer.state_dict(),
+                "control": self.control.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        with torch.no_grad():
+            self.theta.copy_(state["theta"].to(self.device))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.control.load_state_dict(state["control"])
+
+
+def build_search(ctx: PruneContext, cfg: CTSConfig) -> ConcreteSearch:
+    """A search over the prunable weights of the pruning-point network (weights frozen)."""
+    for p in ctx.model.parameters():
+        p.requires_grad_(False)
+    weights = {n: m.weight.detach() for n, m in ctx.prunable().items()}
+    autocast = ctx.runtime.autocast if cfg.autocast else contextlib.nullcontext
+    obj = ctx.cfg.objective
+    return ConcreteSearch(ctx.model, weights, ctx.density, cfg, obj.name, obj.temperature, autocast)
+
+
+class CTSPruner(Pruner):
+    key = "cts"
+    Config = CTSConfig
+
+    def prune(self, ctx: PruneContext) -> PruneResult:
+        cfg: CTSConfig = self.cfg  # type: ignore[assignment]
+        search = build_search(ctx, cfg)
+        epochs = search_epochs(cfg, ctx.cfg.train.epochs)
+        drop = drop_epoch(cfg, epochs)
+        batch = cfg.batch_size or ctx.cfg.train.batch_size
+        work = ctx.out.child("cts")
+        checkpoints = Checkpoints(work.path / "checkpoints", keep=ctx.runtime.keep_checkpoints)
+        history: list[dict[str, Any]] = []
+        first = 0
+        state = checkpoints.latest()
+        if state is not None:
+            search.load_state_dict(state)
+            history, first = list(state["history"]), int(state["epoch"])
+            log.info("cts: resuming the search at epoch %d/%d", first, epochs)
+        log.info("cts: %d search epochs, objective %s, control %s, %d logits, target density %.5f", epochs,
+                 search.objective_name, Control(cfg.control).value, search.layout.total, ctx.density)
+        steps = math.ceil(ctx.data.train_x.shape[0] / batch)
+        with batch_statistics(ctx.model), progress_bar(ctx.runtime.progress) as bar:
+            task = bar.add_task("cts search", total=(epochs - first) * steps, info="")
+            for epoch in range(first, epochs):
+                if epoch == drop:  # once: a state resumed from a later epoch already has the lower lr
+                    search.drop_lr(cfg.lr_drop_factor)
+                record = search.run_epoch(ctx.data, batch, ctx.seed, epoch, lambda: bar.advance(task))
+                history.append(record)
+                bar.update(task, info=f"R {record['objective']:.4f} E[d] {record['expected_density']:.5f}")
+                _log_epoch(record, epochs, search.objective_name)
+                checkpoints.save(epoch + 1, {"epoch": epoch + 1, "history": history, **search.state_dict()})
+                save_json(work.path / "metrics.json", history)
+                work.checkpoint_clock()
+        scores = search.scores()
+        info = {"epochs": epochs, "objective": search.objective_name, "control": Control(cfg.control).value,
+                "final": history[-1] if history else None, "history": history}
+        return PruneResult(masks=topk_masks(scores, ctx.keep), scores=scores, info=info)
+
+
+def _log_epoch(r: dict[str, Any], epochs: int, objective_name: str) -> None:
+    log.info("cts epoch %d/%d  %s %.4f  expected density %.5f (target %.5f)  theta>0 %.5f  lambda %.4g  "
+             "(%.1fs)", r["epoch"], epochs, objective_name, r["objective"], r["expected_density"],
+             r["target_density"], r["density_theta_positive"], r["lambda"], r["time"])
