@@ -66,13 +66,29 @@ def check_group_overrides(args: list[str]) -> str | None:
     return None
 
 
+def check_output_dirs(args: list[str]) -> str | None:
+    """Hydra answers a run/sweep directory that is an existing file with a traceback; say it in one line."""
+    from pathlib import Path
+
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if sep and key in ("hydra.run.dir", "hydra.sweep.dir"):
+            path = Path(value.strip("'\"")).expanduser()
+            if path.exists() and not path.is_dir():
+                return f"'{arg}': {path} exists and is not a directory; {key} must name a folder"
+    return None
+
+
 def _hydra(args: list[str]) -> int:
     from ltsearch.app import main as hydra_main
 
-    problem = check_group_overrides(args)
+    problem = check_group_overrides(args) or check_output_dirs(args)
     if problem:
         return _error(problem)
-    sys.argv = [sys.argv[0] if sys.argv and sys.argv[0] else "ltsearch", *args]
+    prog = sys.argv[0] if sys.argv and sys.argv[0] else "ltsearch"
+    if os.path.basename(prog) == "__main__.py":  # `python -m ltsearch`: Hydra's help and completion say ltsearch
+        prog = "ltsearch"
+    sys.argv = [prog, *args]
     hydra_main()
     return 0
 
@@ -81,10 +97,13 @@ def _completion(args: list[str]) -> int:
     """Shell completion query: drop the subcommand word from COMP_LINE so Hydra sees only overrides."""
     line = os.environ.get("COMP_LINE", "")
     words = line.split(" ")
-    if len(words) > 1 and words[1] == "run":
+    if len(words) == 2:  # the command word itself ("ltsearch <TAB>", "ltsearch ru<TAB>")
+        print("run resume report")
+        return 0
+    if len(words) > 2 and words[1] == "run":
         os.environ["COMP_LINE"] = " ".join([words[0], *words[2:]])
-    elif len(words) > 1 and words[1] not in ("", "run"):
-        print("run resume report" if len(words) == 2 else "")
+    elif len(words) > 2:
+        print("")
         return 0
     return _hydra(args)
 
@@ -92,6 +111,7 @@ def _completion(args: list[str]) -> int:
 def _resume(args: list[str]) -> int:
     from pathlib import Path
 
+    from ltsearch.config import RUNTIME_KEYS
     from ltsearch.errors import LtsearchError
     from ltsearch.rundir import read_record
 
@@ -104,10 +124,13 @@ def _resume(args: list[str]) -> int:
         record = read_record(run_dir)
     except LtsearchError as exc:
         return _error(str(exc))
-    bad = [o for o in extra if not o.lstrip("+~").startswith(("runtime.", "stages", "hydra."))]
+    allowed = (*RUNTIME_KEYS, "hydra")
+    keys = [o.lstrip("+~").partition("=")[0] for o in extra]
+    bad = [o for o, k in zip(extra, keys, strict=True)
+           if not any(k == a or k.startswith(f"{a}.") for a in allowed)]
     if bad:
-        return _error(f"resume accepts runtime.*, stages and hydra.* overrides only (got {bad}); "
-                      f"a changed experiment needs a new run directory")
+        return _error(f"resume accepts overrides of runtime-only settings ({', '.join(RUNTIME_KEYS)}) and hydra.* "
+                      f"only, got {' '.join(bad)}; a changed experiment needs a new run directory")
     overrides = [*record["overrides"], *extra, f"hydra.run.dir={_quote(str(run_dir.resolve()))}"]
     return _hydra(overrides)
 

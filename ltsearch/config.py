@@ -66,6 +66,22 @@ class Shortcut(str, Enum):
     conv3x3 = "conv3x3"
 
 
+class SanityVariant(str, Enum):
+    """Perturbations of the found ticket for the sanity stage (see ltsearch/stages/sanity.py)."""
+
+    shuffle = "shuffle"
+    invert = "invert"
+    reinit = "reinit"
+    random = "random"
+
+
+class LayerCollapse(str, Enum):
+    """What the search stage does when a mask leaves a layer with no weight at all (the network is cut)."""
+
+    warn = "warn"
+    error = "error"
+
+
 class ObjectiveName(str, Enum):
     task = "task"
     forward_kl = "forward_kl"
@@ -169,6 +185,24 @@ class ObjectiveConfig:
 
 
 @dataclass
+class SanityConfig:
+    """Sanity checks of the ticket: which perturbed variants to retrain, and the margin (in accuracy, 0.005
+    = 0.5 percentage points) by which the ticket must beat each of them to pass."""
+
+    variants: list[SanityVariant] = field(
+        default_factory=lambda: [SanityVariant.shuffle, SanityVariant.invert, SanityVariant.reinit,
+                                 SanityVariant.random]
+    )
+    margin: float = 0.005
+
+    def __post_init__(self) -> None:
+        _require(0.0 <= self.margin < 1.0, f"sanity.margin must be in [0, 1) (accuracy, 0.005 = 0.5 points), "
+                                           f"got {self.margin}")
+        _require(len(set(self.variants)) == len(self.variants), f"sanity.variants lists a variant twice: "
+                                                                f"{self.variants}")
+
+
+@dataclass
 class RuntimeConfig:
     """How to run, not what to compute: excluded from the resume check, so it can change between sessions."""
 
@@ -201,13 +235,15 @@ class Config:
     seed: int = 0
     sparsity: float = 0.9
     stages: list[Stage] = field(
-        default_factory=lambda: [Stage.search, Stage.rewind, Stage.retrain, Stage.evaluate]
+        default_factory=lambda: [Stage.search, Stage.rewind, Stage.retrain, Stage.sanity, Stage.evaluate]
     )
     model: Any = MISSING
     dataset: Any = MISSING
     train: Any = MISSING
     pruner: Any = MISSING
     objective: Any = MISSING
+    sanity: SanityConfig = field(default_factory=SanityConfig)
+    layer_collapse: LayerCollapse = LayerCollapse.warn
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
     def __post_init__(self) -> None:
@@ -224,7 +260,8 @@ class Config:
 
 
 # Keys that describe how (or from where) to run rather than what to compute; a resumed run may change them.
-RUNTIME_KEYS = ("runtime", "stages", "dataset.root", "dataset.download")
+# (layer_collapse only decides whether a run stops on a collapsed layer; it changes no number.)
+RUNTIME_KEYS = ("runtime", "stages", "dataset.root", "dataset.download", "layer_collapse")
 
 
 def register_configs() -> None:
@@ -255,8 +292,21 @@ def to_config(cfg: DictConfig | Config) -> Config:
     except ValueError as exc:
         raise ConfigError(f"invalid config: {exc}") from exc
     assert isinstance(obj, Config)
+    _check_unknown_keys(cfg, obj)
     _check_names(obj)
     return obj
+
+
+def _check_unknown_keys(cfg: DictConfig, obj: Config) -> None:
+    """A key added with `+` (e.g. `+sparsty=0.5`) that no schema has would be dropped silently: refuse it."""
+    from ltsearch.rundir import flatten
+
+    given = flatten(OmegaConf.to_container(cfg, resolve=False))
+    known = flatten(config_container(obj))
+    unknown = sorted(k for k in given if k not in known and not any(k.startswith(f"{kk}.") for kk in known))
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {', '.join(unknown)}: ltsearch has no such setting (check the "
+                          f"spelling; `ltsearch run --cfg job` prints every key)")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -281,3 +331,15 @@ def config_container(cfg: Config | DictConfig) -> dict[str, Any]:
     """Plain, resolved dict of a config (enums as names), for records, diffs and results.json."""
     node = OmegaConf.structured(cfg) if isinstance(cfg, Config) else cfg
     return OmegaConf.to_container(node, resolve=True, enum_to_str=True)  # type: ignore[return-value]
+
+
+def compose(*overrides: str) -> Config:
+    """Compose conf/config.yaml with overrides as `ltsearch run` does, and validate it (for tests and
+    scripts: no run directory, no logging setup, no multirun)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+
+    register_configs()
+    with initialize_config_module(config_module="ltsearch.conf", version_base="1.3"):
+        cfg = hydra_compose(config_name="config", overrides=list(overrides))
+    return to_config(cfg)

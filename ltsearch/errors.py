@@ -31,5 +31,10 @@ class ArtifactError(LtsearchError):
     """An artifact on disk is corrupt, truncated, or not loadable safely."""
 
 
+class UnsafeArtifactError(ArtifactError):
+    """A tensor file that only loads with arbitrary unpickling (it names a Python callable or class): refused,
+    never skipped silently, since it was not written by ltsearch and may have been planted to run code."""
+
+
 class DivergenceError(LtsearchError):
     """A loss became NaN or Inf; the stage stops without writing its completion marker."""

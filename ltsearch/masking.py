@@ -34,6 +34,12 @@ class Mask(nn.Module):
     def forward(self, weight: Tensor) -> Tensor:
         return weight * self.scale
 
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        # A loaded state dict may carry another mask: keep the float copy in step with it.
+        super()._load_from_state_dict(*args, **kwargs)
+        with torch.no_grad():
+            self.scale.copy_(self.mask)
+
 
 def prunable_modules(model: nn.Module, exclude: list[str] | tuple[str, ...] = ()) -> dict[str, nn.Module]:
     """`weight name -> module` for every conv/linear weight not matched by an `exclude` pattern."""
@@ -155,6 +161,13 @@ def topk_masks(scores: dict[str, Tensor], k: int, keep_mask: Masks | None = None
     vector = torch.cat(flat)
     if not 0 <= k <= vector.numel():
         raise ValueError(f"cannot keep {k} of {vector.numel()} weights")
+    if torch.isnan(vector).any():
+        raise ValueError("scores contain NaN; torch.topk would rank NaN above every number")
+    if keep_mask is not None:
+        allowed = sum(int(keep_mask[n].sum()) if n in keep_mask else scores[n].numel() for n in names)
+        if k > allowed:
+            raise ValueError(f"cannot keep {k} weights inside keep_mask, which leaves only {allowed}; "
+                             f"nested masks need k <= the count kept so far")
     keep = torch.zeros(vector.numel(), dtype=torch.bool, device=vector.device)
     if k > 0:
         keep[torch.topk(vector, k, sorted=False).indices] = True

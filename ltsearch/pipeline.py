@@ -89,9 +89,9 @@ class RunContext:
 
 
 def _stage_modules() -> dict[str, Any]:
-    from ltsearch.stages import evaluate, retrain, rewind, search
+    from ltsearch.stages import evaluate, retrain, rewind, sanity, search
 
-    return {"search": search, "rewind": rewind, "retrain": retrain, "evaluate": evaluate}
+    return {"search": search, "rewind": rewind, "retrain": retrain, "sanity": sanity, "evaluate": evaluate}
 
 
 def check_record(run_dir: Path, cfg: Config, overrides: list[str], label: str) -> None:
@@ -103,9 +103,11 @@ def check_record(run_dir: Path, cfg: Config, overrides: list[str], label: str) -
     recorded = read_record(run_dir)["config"]
     diff = config_diff(recorded, current, ignore=RUNTIME_KEYS)
     if diff:
+        shown = [d.strip() for d in diff[:6]] + ([f"{len(diff) - 6} more"] if len(diff) > 6 else [])
         raise ResumeError(
-            f"{run_dir} holds a run with a different config; refusing to mix results "
-            f"(use a new run directory, or resume with the recorded config):\n" + "\n".join(diff))
+            f"{run_dir} holds a run with a different config ({'; '.join(shown)}); refusing "
+            f"to mix results: use a new run directory, or resume with the recorded config (ltsearch resume "
+            f"{run_dir})")
 
 
 def run_pipeline(cfg: Config, run_dir: Path, overrides: list[str] | None = None, label: str = "") -> dict[str, Any]:

@@ -1,89 +1,374 @@
-"""`ltsearch report DIR...`: one row per run found below the given folders."""
+"""`ltsearch report DIR...`: tables and plots over single runs and sweep folders.
+
+Every run directory below the given folders is read from disk (run.json, evaluate/results.json,
+sanity/sanity.json, search/levels.json, failed.json), so a report works on finished, unfinished and
+failed runs alike, and on sweeps whose launcher never got to summarise them.
+
+Tables (pandas; printed with rich; saved as CSV):
+  summary  one row per (dataset, model, method, sparsity): test accuracy mean +- std over seeds (sample std,
+           ddof=1), accuracy before retraining, measured density, mean wall time per stage and the mean total
+           cost of one run (search + rewind + retrain + evaluate; the sanity checks are listed, not counted),
+           and how many runs are done, failed or unfinished.
+  runs     one row per run directory (status, error of a failed run).
+  sanity   one row per (dataset, model, method, sparsity, variant): margin of the ticket over the variant,
+           mean +- std over seeds, and the verdict by SEED_RULE below.
+Plots (matplotlib, Agg): accuracy against remaining weights (log scale) with one line per method and error
+bars, plus every IMP level of runs that wrote search/levels.json; per-layer density of every method at one
+sparsity; sanity margins per method and variant.
+"""
 
 from __future__ import annotations
 
 import argparse
+import fcntl
+import io
+import math
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from rich.console import Console
 from rich.table import Table
 
+from ltsearch.config import STAGE_ORDER
 from ltsearch.errors import LtsearchError
 from ltsearch.rundir import FAILURE, RECORD
 from ltsearch.runtime import console
-from ltsearch.storage import load_json
+from ltsearch.storage import atomic_write, load_json
+
+GROUP = ["dataset", "model", "method", "sparsity"]
+SEED_RULE = ("a variant passes when the mean margin over seeds (ticket accuracy - variant accuracy, same seed) "
+             "> max(threshold, 2 * std / sqrt(n)): the ticket must beat it by more than the threshold and by "
+             "more than two standard errors of the seed-to-seed spread (std = sample std of the margins, n = "
+             "seeds); with one seed: margin > threshold")
 
 
+# -- reading runs ------------------------------------------------------------------------------------------------
 def find_runs(folders: list[Path]) -> list[Path]:
-    runs: list[Path] = []
+    """Run directories below `folders`: those with a run record, and failed jobs that never wrote one."""
+    runs: set[Path] = set()
     for folder in folders:
+        folder = Path(folder)
         if not folder.exists():
             raise LtsearchError(f"{folder} does not exist")
-        runs += sorted(p.parent for p in folder.rglob(RECORD))
-    return sorted(set(runs))
+        for name in (RECORD, FAILURE):
+            runs |= {p.parent for p in folder.rglob(name) if p.is_file()}
+    return sorted(runs)
 
 
-def run_row(run_dir: Path) -> dict[str, Any]:
-    record = load_json(run_dir / RECORD)
-    cfg = record["config"]
-    row: dict[str, Any] = {
-        "run": str(run_dir),
-        "method": record.get("label") or cfg["pruner"]["name"],
-        "model": cfg["model"]["name"],
-        "dataset": cfg["dataset"]["name"],
-        "sparsity": cfg["sparsity"],
-        "seed": cfg["seed"],
-        "status": "unfinished",
-    }
-    results_path = run_dir / "evaluate" / "results.json"
-    if results_path.exists():
-        res = load_json(results_path)
-        pp = (res.get("pruning_point") or {}).get("pruning_point") or {}
-        row.update(
-            status="done",
-            test_acc=res["test_acc"],
-            acc_before_retrain=pp.get("test_acc"),
-            measured_density=res["density"]["measured"],
-            total_time=res["wall_time"]["total"],
-        )
-    elif (run_dir / FAILURE).exists():
-        row.update(status="failed", error=load_json(run_dir / FAILURE).get("error"))
-    return row
+def is_running(run_dir: Path) -> bool:
+    """Whether a process holds the run's lock right now."""
+    lock = run_dir / ".lock"
+    if not lock.exists():
+        return False
+    fd = os.open(lock, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
 
 
-def runs_table(folders: list[Path]) -> pd.DataFrame:
-    return pd.DataFrame([run_row(r) for r in find_runs(folders)])
+def _safe_json(path: Path) -> Any:
+    try:
+        return load_json(path) if path.exists() else None
+    except LtsearchError:
+        return None
 
 
-def print_table(df: pd.DataFrame) -> None:
-    table = Table(title=f"{len(df)} run(s)")
-    columns = [c for c in ("method", "model", "dataset", "sparsity", "seed", "status", "test_acc",
-                           "acc_before_retrain", "measured_density", "total_time", "run") if c in df]
-    for column in columns:
-        table.add_column(column, overflow="fold")
-    for _, row in df.iterrows():
-        table.add_row(*[_fmt(row.get(c)) for c in columns])
-    console().print(table)
+@dataclass
+class RunData:
+    row: dict[str, Any]
+    layers: list[dict[str, Any]] = field(default_factory=list)
+    levels: list[dict[str, Any]] = field(default_factory=list)
+    sanity: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _fmt(value: Any) -> str:
-    if value is None or (isinstance(value, float) and pd.isna(value)):
+def read_run(run_dir: Path) -> RunData:
+    record = _safe_json(run_dir / RECORD)
+    failure = _safe_json(run_dir / FAILURE)
+    if record is not None:
+        cfg = record["config"]
+        ident = {"method": record.get("label") or cfg["pruner"]["name"], "model": cfg["model"]["name"],
+                 "dataset": cfg["dataset"]["name"], "sparsity": float(cfg["sparsity"]), "seed": cfg["seed"],
+                 "when": cfg["pruner"].get("when")}
+    else:  # a job that failed before it wrote run.json (invalid config, ...): the sweep callback's record
+        job = (failure or {}).get("job") or {}
+        ident = {k: job.get(k) for k in ("method", "model", "dataset", "sparsity", "seed", "when")}
+    row: dict[str, Any] = {**ident, "status": "unfinished", "run": str(run_dir)}
+    data = RunData(row)
+    results = _safe_json(run_dir / "evaluate" / "results.json")
+    if results is not None:
+        pp = (results.get("pruning_point") or {}).get("pruning_point") or {}
+        times = results.get("wall_time", {})
+        row.update(status="done", test_acc=results["test_acc"], acc_before_retrain=pp.get("test_acc"),
+                   density=results["density"]["target"], measured_density=results["density"]["measured"],
+                   **{f"time_{s}": times.get(s) for s in STAGE_ORDER}, total_time=times.get("total"))
+        for i, (name, layer) in enumerate(results.get("layers", {}).items()):
+            data.layers.append({**ident, "layer": name, "index": i, "density": layer["density"],
+                                "kept": layer["kept"], "total": layer["total"]})
+    elif failure is not None:
+        row.update(status="failed", failed_stage=failure.get("stage"), error=failure.get("error"))
+    elif is_running(run_dir):
+        row["status"] = "running"
+    if row.get("sparsity") is not None:
+        row.setdefault("density", 1.0 - float(row["sparsity"]))
+    for level in _safe_json(run_dir / "search" / "levels.json") or []:
+        data.levels.append({**ident, **{k: level.get(k) for k in ("level", "density", "kept", "total",
+                                                                   "test_acc")}})
+    sanity = _safe_json(run_dir / "sanity" / "sanity.json")
+    if sanity is not None:
+        for variant, v in sanity["variants"].items():
+            data.sanity.append({**ident, "variant": variant, "ticket_acc": sanity["ticket_accuracy"],
+                                "accuracy": v["accuracy"], "margin": v["margin"], "passed": v["passed"],
+                                "threshold": sanity["threshold"], "skipped_reason": v["skipped_reason"]})
+    return data
+
+
+@dataclass
+class Report:
+    runs: pd.DataFrame
+    summary: pd.DataFrame
+    sanity_runs: pd.DataFrame
+    sanity: pd.DataFrame
+    layers: pd.DataFrame
+    levels: pd.DataFrame
+
+    @property
+    def failed(self) -> pd.DataFrame:
+        return self.runs[self.runs["status"] == "failed"] if not self.runs.empty else self.runs
+
+
+def build_report(folders: list[Path]) -> Report:
+    data = [read_run(r) for r in find_runs(folders)]
+    runs = pd.DataFrame([d.row for d in data])
+    sanity_runs = pd.DataFrame([s for d in data for s in d.sanity])
+    return Report(runs=runs, summary=summarize(runs), sanity_runs=sanity_runs,
+                  sanity=summarize_sanity(sanity_runs),
+                  layers=pd.DataFrame([x for d in data for x in d.layers]),
+                  levels=pd.DataFrame([x for d in data for x in d.levels]))
+
+
+# -- aggregation -------------------------------------------------------------------------------------------------
+def _std(values: pd.Series) -> float:
+    values = values.dropna()
+    return float(values.std(ddof=1)) if len(values) > 1 else float("nan")
+
+
+def summarize(runs: pd.DataFrame) -> pd.DataFrame:
+    """method x sparsity: accuracy mean +- std over seeds (finished runs), costs, and run counts."""
+    if runs.empty:
+        return pd.DataFrame()
+    rows = []
+    keyed = runs.copy()
+    for column in GROUP:
+        keyed[column] = keyed[column].fillna("?") if column != "sparsity" else keyed[column]
+    keyed = keyed.dropna(subset=["sparsity"])
+    for key, group in keyed.groupby(GROUP, sort=True, dropna=False):
+        done = group[group["status"] == "done"]
+        row = dict(zip(GROUP, key, strict=True))
+        row["density"] = 1.0 - float(row["sparsity"])
+        row.update(n_done=len(done), n_failed=int((group["status"] == "failed").sum()),
+                   n_unfinished=int(group["status"].isin(["unfinished", "running"]).sum()),
+                   seeds=" ".join(str(s) for s in sorted(done["seed"].dropna().astype(int))))
+        for column in ("test_acc", "acc_before_retrain"):
+            values = pd.to_numeric(done.get(column, pd.Series(dtype=float)), errors="coerce")
+            row[f"{column}_mean"] = float(values.mean()) if values.notna().any() else float("nan")
+            row[f"{column}_std"] = _std(values)
+        row["measured_density"] = (float(done["measured_density"].mean()) if len(done) else float("nan"))
+        for stage in STAGE_ORDER:
+            column = f"time_{stage}"
+            values = pd.to_numeric(done.get(column, pd.Series(dtype=float)), errors="coerce")
+            row[f"{column}_s"] = float(values.mean()) if values.notna().any() else float("nan")
+        total = pd.to_numeric(done.get("total_time", pd.Series(dtype=float)), errors="coerce")
+        row["total_time_s"] = float(total.mean()) if total.notna().any() else float("nan")
+        row["total_time_all_seeds_s"] = float(total.sum()) if total.notna().any() else float("nan")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def seed_verdict(margins: pd.Series, threshold: float) -> tuple[str, float]:
+    """(verdict, bound) of SEED_RULE for the per-seed margins of one variant."""
+    margins = margins.dropna()
+    n = len(margins)
+    if n == 0:
+        return "skipped", float("nan")
+    bound = threshold if n == 1 else max(threshold, 2 * _std(margins) / math.sqrt(n))
+    return ("pass" if float(margins.mean()) > bound else "FAIL"), bound
+
+
+def summarize_sanity(sanity_runs: pd.DataFrame) -> pd.DataFrame:
+    if sanity_runs.empty:
+        return pd.DataFrame()
+    rows = []
+    for key, group in sanity_runs.groupby([*GROUP, "variant"], sort=False, dropna=False):
+        margins = pd.to_numeric(group["margin"], errors="coerce")
+        threshold = float(group["threshold"].max())
+        verdict, bound = seed_verdict(margins, threshold)
+        tested = group[group["passed"].notna()]
+        reasons = sorted({r for r in group["skipped_reason"].dropna()})
+        rows.append({
+            **dict(zip([*GROUP, "variant"], key, strict=True)),
+            "n": int(margins.notna().sum()),
+            "ticket_acc_mean": float(pd.to_numeric(group["ticket_acc"]).mean()),
+            "variant_acc_mean": float(pd.to_numeric(group["accuracy"], errors="coerce").mean()),
+            "margin_mean": float(margins.mean()) if margins.notna().any() else float("nan"),
+            "margin_std": _std(margins),
+            "threshold": threshold,
+            "bound": bound,
+            "verdict": verdict,
+            "seeds_passed": f"{int(tested['passed'].astype(bool).sum())}/{len(tested)}",
+            "skipped_reason": "; ".join(reasons) if verdict == "skipped" else "",
+            "rule": SEED_RULE,
+        })
+    order = {v: i for i, v in enumerate(("shuffle", "invert", "reinit", "random"))}
+    out = pd.DataFrame(rows)
+    out["_order"] = out["variant"].map(lambda v: order.get(v, 99))
+    return out.sort_values([*GROUP, "_order"]).drop(columns="_order").reset_index(drop=True)
+
+
+# -- printing ----------------------------------------------------------------------------------------------------
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     if isinstance(value, float):
-        return f"{value:.4f}" if abs(value) < 1000 else f"{value:.0f}"
+        return f"{value:.{digits}f}" if abs(value) < 1000 else f"{value:.0f}"
     return str(value)
 
 
+def _pm(mean: Any, std: Any) -> str:
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "-"
+    return f"{mean:.4f}" if std is None or math.isnan(std) else f"{mean:.4f} ± {std:.4f}"
+
+
+def _several(df: pd.DataFrame, column: str) -> bool:
+    return column in df and df[column].nunique(dropna=True) > 1
+
+
+def summary_table(summary: pd.DataFrame) -> Table:
+    table = Table(title="accuracy by method and sparsity (mean ± std over seeds)")
+    extra = [c for c in ("dataset", "model") if _several(summary, c)]
+    stages = [s for s in STAGE_ORDER if summary.get(f"time_{s}_s", pd.Series(dtype=float)).notna().any()]
+    for column in [*extra, "method", "sparsity", "density", "seeds", "test acc", "acc before retrain",
+                   "measured density", *[f"{s} s" for s in stages], "total s", "failed", "unfinished"]:
+        table.add_column(column, overflow="fold")
+    for _, r in summary.iterrows():
+        table.add_row(*[str(r[c]) for c in extra], str(r["method"]), f"{r['sparsity']:g}", f"{r['density']:.5g}",
+                      f"{r['n_done']} ({r['seeds']})" if r["seeds"] else "0",
+                      _pm(r["test_acc_mean"], r["test_acc_std"]),
+                      _pm(r["acc_before_retrain_mean"], r["acc_before_retrain_std"]),
+                      _fmt(r["measured_density"], 6), *[_fmt(r[f"time_{s}_s"], 1) for s in stages],
+                      _fmt(r["total_time_s"], 1), str(r["n_failed"] or ""), str(r["n_unfinished"] or ""))
+    table.caption = "total s = mean wall time of one run without the sanity checks"
+    return table
+
+
+def sanity_table(sanity: pd.DataFrame) -> Table:
+    table = Table(title="sanity checks: margin of the ticket over each variant (mean ± std over seeds)")
+    extra = [c for c in ("dataset", "model") if _several(sanity, c)]
+    for column in [*extra, "method", "sparsity", "variant", "seeds", "ticket acc", "variant acc", "margin",
+                   "bound", "verdict"]:
+        table.add_column(column, overflow="fold")
+    for _, r in sanity.iterrows():
+        if r["verdict"] == "skipped":
+            tail = ["-", "-", "-", "-", f"skipped: {r['skipped_reason']}"]
+        else:
+            verdict = "[green]pass[/]" if r["verdict"] == "pass" else "[red]FAIL[/]"
+            tail = [_fmt(r["ticket_acc_mean"]), _fmt(r["variant_acc_mean"]), _pm(r["margin_mean"], r["margin_std"]),
+                    _fmt(r["bound"]), f"{verdict} ({r['seeds_passed']} seeds)"]
+        table.add_row(*[str(r[c]) for c in extra], str(r["method"]), f"{r['sparsity']:g}", str(r["variant"]),
+                      str(r["n"]), *tail)
+    table.caption = SEED_RULE
+    return table
+
+
+def runs_table(runs: pd.DataFrame, title: str) -> Table:
+    table = Table(title=title)
+    columns = [c for c in ("method", "model", "dataset", "sparsity", "seed", "status", "test_acc",
+                           "acc_before_retrain", "measured_density", "total_time", "failed_stage", "error", "run")
+               if c in runs]
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for _, row in runs.iterrows():
+        table.add_row(*[_fmt(row.get(c)) for c in columns])
+    return table
+
+
+def print_report(report: Report, target: Console | None = None, runs: bool = True) -> None:
+    con = target or console()
+    if runs:
+        con.print(runs_table(report.runs, f"{len(report.runs)} run(s)"))
+    if not report.summary.empty:
+        con.print(summary_table(report.summary))
+    if not report.sanity.empty:
+        con.print(sanity_table(report.sanity))
+    failed = report.failed
+    if not failed.empty:
+        con.print(runs_table(failed[[c for c in ("method", "sparsity", "seed", "failed_stage", "error", "run")
+                                     if c in failed]], f"{len(failed)} failed run(s)"))
+
+
+def report_text(report: Report, runs: bool = True) -> str:
+    buffer = io.StringIO()
+    print_report(report, Console(file=buffer, width=200, no_color=True, color_system=None), runs=runs)
+    return buffer.getvalue()
+
+
+# -- writing -----------------------------------------------------------------------------------------------------
+def _csv(path: Path, df: pd.DataFrame) -> Path:
+    atomic_write(path, df.to_csv(index=False).encode())
+    return path
+
+
+def write_report(report: Report, csv: Path | None = None, plots: Path | None = None,
+                 layers_at: float | None = None, text: Path | None = None) -> list[Path]:
+    """CSV files (summary at `csv`, runs and sanity beside it), plots into `plots`; return the paths written."""
+    written: list[Path] = []
+    if csv is not None:
+        csv.parent.mkdir(parents=True, exist_ok=True)
+        written.append(_csv(csv, report.summary))
+        written.append(_csv(csv.with_name(f"{csv.stem}_runs.csv"), report.runs))
+        if not report.sanity.empty:
+            written.append(_csv(csv.with_name(f"{csv.stem}_sanity.csv"), report.sanity))
+            written.append(_csv(csv.with_name(f"{csv.stem}_sanity_runs.csv"), report.sanity_runs))
+    if text is not None:
+        atomic_write(text, report_text(report).encode())
+        written.append(text)
+    if plots is not None:
+        from ltsearch import plots as plotting
+
+        written += plotting.write_plots(report, plots, layers_at)
+    return written
+
+
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="ltsearch report", description="Tabulate runs found below DIRs.")
+    parser = argparse.ArgumentParser(
+        prog="ltsearch report",
+        description="Tables and plots over the runs found below DIRs (single runs and sweep folders).")
     parser.add_argument("dirs", nargs="+", type=Path)
-    parser.add_argument("--csv", type=Path, help="also write the table to this CSV file")
+    parser.add_argument("--csv", type=Path, help="write the summary table to this CSV file (per-run and "
+                                                 "sanity tables go beside it as <name>_runs.csv, <name>_sanity.csv, "
+                                                 "the printed tables as <name>.txt)")
+    parser.add_argument("--plots", type=Path, help="folder for the PNG plots (default: the folder of --csv, "
+                                                   "else the first DIR)")
+    parser.add_argument("--no-plots", action="store_true", help="write no plots")
+    parser.add_argument("--layers-at", type=float, metavar="SPARSITY",
+                        help="sparsity of the per-layer density plot (default: the one most methods reached)")
     args = parser.parse_args(argv)
-    df = runs_table(args.dirs)
-    if df.empty:
+    report = build_report(args.dirs)
+    if report.runs.empty:
         raise LtsearchError(f"no runs found below {', '.join(map(str, args.dirs))}")
-    print_table(df)
-    if args.csv:
-        df.to_csv(args.csv, index=False)
+    print_report(report)
+    plots = None if args.no_plots else (args.plots or (args.csv.parent if args.csv else args.dirs[0]))
+    written = write_report(report, csv=args.csv, plots=plots, layers_at=args.layers_at,
+                           text=args.csv.with_suffix(".txt") if args.csv else None)
+    for path in written:
+        console().print(f"wrote {path}")
     return 0

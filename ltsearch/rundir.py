@@ -13,6 +13,7 @@ A folder without DONE.json is unfinished; its resumable parts (epoch checkpoints
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import socket
 import time
@@ -20,8 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from ltsearch import __version__
-from ltsearch.errors import ArtifactError, ResumeError
+from ltsearch.errors import ArtifactError, ResumeError, UnsafeArtifactError
 from ltsearch.storage import load_json, load_torch, save_json, save_torch
+
+log = logging.getLogger(__name__)
 
 RECORD = "run.json"
 MARKER = "DONE.json"
@@ -34,6 +37,8 @@ class RunLock:
 
     `flock` is released by the kernel when its holder dies, even by SIGKILL, so a lock left by a killed
     process is stale by construction and is simply taken over; a live holder is reported by pid and host.
+    The file names its holder while held and is emptied on a clean release, so a taker that finds a name
+    in it knows the previous session was killed, and says so.
     """
 
     def __init__(self, run_dir: Path) -> None:
@@ -52,12 +57,21 @@ class RunLock:
                 f"{self.path.parent} is in use by {holder}; one process per run directory "
                 f"(wait for it to finish or stop it, then resume)"
             ) from None
+        except OSError as exc:  # e.g. a network filesystem without flock support
+            os.close(fd)
+            raise ResumeError(f"cannot lock {self.path} ({exc.strerror or exc}); put the run directory on a "
+                              f"filesystem that supports file locks") from exc
+        previous = os.pread(fd, 256, 0).decode(errors="replace").strip()
+        if previous:
+            log.warning("%s: taking over the stale lock of %s, which ended without releasing it (killed?)",
+                        self.path.parent, previous)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.ctime()}\n".encode(), 0)
         self._fd = fd
 
     def release(self) -> None:
         if self._fd is not None:
+            os.ftruncate(self._fd, 0)  # a clean exit leaves an empty lock file
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
@@ -84,6 +98,11 @@ class StageDir:
         self.manifest: dict[str, str] = {}
         self._t0 = time.perf_counter()
         self._prior = 0.0
+
+    @property
+    def label(self) -> str:
+        """The stage's name in messages: `retrain`, or `search/pretrain` for a part of a stage."""
+        return self.name if self.parent is None else f"{self.parent.label}/{self.name}"
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def child(self, name: str) -> StageDir:
@@ -133,7 +152,12 @@ class StageDir:
 
     def load_tensors(self, name: str, map_location: str = "cpu") -> Any:
         """Load an artifact, verified against the checksum its writer recorded."""
-        return load_torch(self.path / name, sha256=self._recorded_sha(name), map_location=map_location)
+        try:
+            return load_torch(self.path / name, sha256=self._recorded_sha(name), map_location=map_location)
+        except UnsafeArtifactError:
+            raise
+        except ArtifactError as exc:
+            raise ArtifactError(f"{exc}{self._remedy()}") from exc
 
     def load_json(self, name: str) -> Any:
         from ltsearch.storage import sha256_file
@@ -141,8 +165,20 @@ class StageDir:
         path = self.path / name
         sha = self._recorded_sha(name)
         if sha is not None and path.exists() and sha256_file(path) != sha:
-            raise ArtifactError(f"{path} is corrupt: its checksum does not match the one recorded when it was written")
-        return load_json(path)
+            raise ArtifactError(f"{path} is corrupt: its checksum does not match the one recorded when it was "
+                                f"written{self._remedy()}")
+        try:
+            return load_json(path)
+        except FileNotFoundError:
+            raise ArtifactError(f"{path} is missing{self._remedy()}") from None
+        except ArtifactError as exc:
+            raise ArtifactError(f"{exc}{self._remedy()}") from exc
+
+    def _remedy(self) -> str:
+        if not self.done:
+            return ""
+        return (f"; stage {self.label} is marked complete but this artifact is damaged: delete the folder "
+                f"{self.path} (and those of the stages after it) and resume to recompute it")
 
     def _recorded_sha(self, name: str) -> str | None:
         if name in self.manifest:
@@ -154,9 +190,16 @@ class StageDir:
 
 def read_record(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / RECORD
+    if not path.exists() and (Path(run_dir) / ".hydra").is_dir():
+        raise ResumeError(f"{run_dir} holds no {RECORD}: its run was stopped before it recorded its config; "
+                          f"start it again with its original `ltsearch run ...` command and hydra.run.dir={run_dir}")
     if not path.exists():
         raise ResumeError(f"{run_dir} is not an ltsearch run directory (no {RECORD} in it)")
-    return load_json(path)
+    record = load_json(path)
+    if not (isinstance(record, dict) and isinstance(record.get("config"), dict)
+            and isinstance(record.get("overrides"), list)):
+        raise ResumeError(f"{path} is not a valid ltsearch run record (it lacks 'config' or 'overrides')")
+    return record
 
 
 def write_record(run_dir: Path, config: dict[str, Any], overrides: list[str], label: str) -> None:

@@ -17,14 +17,14 @@ import io
 import json
 import os
 import pickle
-import zipfile
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ltsearch.errors import ArtifactError
+from ltsearch.errors import ArtifactError, UnsafeArtifactError
 
 TMP_MARK = ".tmp-"
 
@@ -59,11 +59,15 @@ def atomic_write(path: str | Path, data: bytes) -> str:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}{TMP_MARK}{os.getpid()}"
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # e.g. disk full: leave no temporary behind (a kill leaves one; see below)
+        raise
     _fsync_dir(path.parent)
     return sha256_bytes(data)
 
@@ -99,6 +103,8 @@ def load_json(path: str | Path) -> Any:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise ArtifactError(f"{path} is corrupt (invalid JSON: {exc.msg} at line {exc.lineno})") from exc
+    except UnicodeDecodeError as exc:
+        raise ArtifactError(f"{path} is corrupt (not UTF-8 text)") from exc
 
 
 def save_torch(path: str | Path, obj: Any) -> str:
@@ -117,15 +123,28 @@ def load_torch(path: str | Path, sha256: str | None = None, map_location: str | 
         raise ArtifactError(f"{path} is missing") from exc
     if sha256 is not None and sha256_bytes(data) != sha256:
         raise ArtifactError(f"{path} is corrupt: its checksum does not match the one recorded when it was written")
+    if not data:
+        raise ArtifactError(f"{path} is corrupt or truncated (empty file)")
     try:
         return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise ArtifactError(
-            f"{path} refused: it needs arbitrary unpickling, which could run code "
-            f"(ltsearch loads tensor files with weights_only=True only)"
-        ) from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as exc:
-        raise ArtifactError(f"{path} is corrupt or truncated ({str(exc).splitlines()[0][:120]})") from exc
+        unsafe = _UNSAFE.search(str(exc))
+        if unsafe:
+            what = unsafe.group(1) or unsafe.group(2)
+            raise UnsafeArtifactError(
+                f"{path} refused: loading it needs arbitrary unpickling (it references {what}), "
+                f"which could run code; ltsearch loads tensor files with torch.load(weights_only=True) only "
+                f"and did not write this file"
+            ) from exc
+        raise ArtifactError(f"{path} is corrupt or not a tensor file ltsearch wrote (torch.load with "
+                            f"weights_only=True rejects its contents)") from exc
+    except Exception as exc:  # zip/EOF/shape errors of a truncated or damaged file
+        reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+        raise ArtifactError(f"{path} is corrupt or truncated ({reason})") from exc
+
+
+# What torch's weights-only unpickler reports when a file names a callable or class it will not import.
+_UNSAFE = re.compile(r"GLOBAL\s+([\w.]+)|[Uu]nsupported class\s+([\w.]+)")
 
 
 def iter_files(folder: Path) -> Iterator[Path]:

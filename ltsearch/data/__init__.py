@@ -7,6 +7,7 @@ augmentation run on the batch, on whatever device the tensors live on.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
@@ -24,6 +25,8 @@ from ltsearch.data.sources import (
     load_torchvision_mnist,
 )
 from ltsearch.seeding import generator
+
+log = logging.getLogger(__name__)
 
 DATASETS: dict[str, Callable[[DatasetConfig], Arrays]] = {
     "mnist1d": load_mnist1d,
@@ -97,13 +100,21 @@ class Data:
 
     def sample(self, count: int, seed: int, *keys: object, per_class: bool = False,
                device: torch.device | None = None) -> tuple[Tensor, Tensor]:
-        """A seeded, un-augmented training subset: `count` random samples, or `count` per class."""
+        """A seeded, un-augmented training subset: `count` random samples, or `count` per class (in random
+        order, classes interleaved, so that any slice of it is a mixed batch)."""
         gen = generator(seed, "sample", *keys)
         order = torch.randperm(self.train_x.shape[0], generator=gen)
         if per_class:
             labels = self.train_y.cpu()[order]
-            picked = [order[labels == c][:count] for c in range(self.num_classes)]
-            idx = torch.cat(picked)
+            rank = torch.zeros_like(labels)  # how many samples of the same class come earlier in `order`
+            for c in range(self.num_classes):
+                of_c = labels == c
+                rank[of_c] = torch.arange(int(of_c.sum()))
+            idx = order[rank < count]
+            short = [c for c in range(self.num_classes) if int((labels == c).sum()) < count]
+            if short:
+                log.warning("asked for %d training samples per class; classes %s have fewer (all of them used)",
+                            count, short)
         else:
             idx = order[:count]
         idx = idx.to(self.device)

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import os
 import tarfile
+import warnings
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,9 +59,20 @@ def _torchvision(cls: type, cfg: DatasetConfig, expected: str) -> tuple:
     except RuntimeError as exc:
         hint = "set dataset.root to the folder that holds it" + (
             "" if cfg.download else ", or dataset.download=true where the internet is reachable")
+        if (root / expected).exists():  # present but damaged (truncated file, failed checksum)
+            raise DataError(f"dataset '{cfg.name}' under {root} is incomplete or corrupt "
+                            f"({_first_line(exc)}); replace {root / expected}") from exc
         raise DataError(f"dataset '{cfg.name}' not found: expected {root / expected}; {hint}") from exc
     except OSError as exc:  # download attempted without network
         raise DataError(f"dataset '{cfg.name}': download into {root} failed ({exc})") from exc
+    except Exception as exc:  # a damaged file that the torchvision reader chokes on (pickle, EOF, shape)
+        raise DataError(f"dataset '{cfg.name}' under {root} cannot be read ({type(exc).__name__}: "
+                        f"{_first_line(exc)}); replace {root / expected}") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:160] if text else type(exc).__name__
 
 
 def load_torchvision_mnist(cfg: DatasetConfig) -> Arrays:
@@ -122,7 +136,11 @@ def _iter_images(root: Path) -> Iterator[tuple[str, str, str, bytes]]:
         files = sorted(p for p in root.rglob("*") if p.is_file() and _split_of(p.relative_to(root)))
         for path in files:
             split, label = _split_of(path.relative_to(root))  # type: ignore[misc]
-            yield split, label, str(path), path.read_bytes()
+            try:
+                data = path.read_bytes()
+            except OSError as exc:
+                raise DataError(f"dataset 'imagefolder': cannot read {path} ({exc.strerror or exc})") from exc
+            yield split, label, str(path), data
         return
     try:
         with tarfile.open(root) as archive:
@@ -133,8 +151,9 @@ def _iter_images(root: Path) -> Iterator[tuple[str, str, str, bytes]]:
                 handle = archive.extractfile(member)
                 assert handle is not None
                 yield split, label, f"{root}:{member.name}", handle.read()
-    except tarfile.TarError as exc:
-        raise DataError(f"dataset 'imagefolder': {root} is not a readable folder or tar archive ({exc})") from exc
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:  # not a tar, or a truncated one
+        raise DataError(f"dataset 'imagefolder': {root} is not a readable folder or tar archive "
+                        f"({_first_line(exc)})") from exc
 
 
 def _fingerprint(root: Path) -> str:
@@ -153,16 +172,22 @@ def _fingerprint(root: Path) -> str:
 def _decode(name: str, data: bytes) -> Tensor:
     from torchvision.io import ImageReadMode, decode_image
 
+    if not data:
+        raise DataError(f"dataset 'imagefolder': cannot decode image {name} (empty file); remove or replace it")
     try:
-        return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
-    except RuntimeError:
+        with warnings.catch_warnings():
+            # torchvision 0.29 deprecates its decoders (still 3x faster than PIL here); PIL is the fallback
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+    except Exception:
         try:
             from PIL import Image
 
             with Image.open(io.BytesIO(data)) as img:
                 return torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1).contiguous()
         except Exception as exc:
-            raise DataError(f"dataset 'imagefolder': cannot decode image {name} ({exc})") from exc
+            raise DataError(f"dataset 'imagefolder': cannot decode image {name} (not a readable image: "
+                            f"{type(exc).__name__}); remove or replace it") from exc
 
 
 def _decode_folder(root: Path) -> dict[str, Tensor]:
@@ -216,7 +241,21 @@ def load_imagefolder(cfg: DatasetConfig) -> Arrays:
         decoded = _decode_folder(root)
         save_torch(cache, decoded)
     train_x = decoded["train_x"]
-    mean = (train_x.float().mean(dim=(0, 2, 3)) / 255).tolist()
-    std = (train_x.float().std(dim=(0, 2, 3)) / 255).tolist()
+    mean, std = (None, None) if cfg.mean else channel_stats(train_x)
     return Arrays(train_x, decoded["train_y"], decoded["test_x"], decoded["test_y"], len(decoded["classes"]),
                   mean, std)
+
+
+def channel_stats(images: Tensor, chunk: int = 4096) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of uint8 images (N, C, H, W) in [0, 1] units, in chunks (float64 sums),
+    so that a dataset is never copied as a whole to float."""
+    total = torch.zeros(images.shape[1], dtype=torch.float64)
+    squares = torch.zeros_like(total)
+    for start in range(0, images.shape[0], chunk):
+        part = images[start: start + chunk].to(torch.float64) / 255
+        total += part.sum(dim=(0, 2, 3))
+        squares += part.square().sum(dim=(0, 2, 3))
+    n = images.shape[0] * images.shape[2] * images.shape[3]
+    mean = total / n
+    std = (squares / n - mean.square()).clamp_min(0).sqrt() * math.sqrt(n / max(n - 1, 1))
+    return mean.tolist(), std.tolist()

@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ltsearch.config import LayerCollapse
+from ltsearch.errors import ConfigError
 from ltsearch.masking import (
     Masks,
     attach_masks,
@@ -65,6 +67,20 @@ def check_masks(ctx: RunContext, model: nn.Module, masks: Masks) -> None:
                            f"{keep_count(ctx.target_density, total)} of {total}")
 
 
+def check_collapse(ctx: RunContext, report: dict[str, Any]) -> None:
+    """A layer with no weight left cuts the network; warn, or stop (layer_collapse=error), naming the layers."""
+    collapsed = report["collapsed_layers"]
+    if not collapsed:
+        return
+    layers = ", ".join(collapsed)
+    if ctx.cfg.layer_collapse == LayerCollapse.error:
+        raise ConfigError(
+            f"layer collapse: at sparsity {ctx.cfg.sparsity} the {ctx.label or ctx.cfg.pruner.name} mask leaves no "
+            f"weight in {layers}, which cuts the network; use a lower sparsity or exclude the layer from pruning "
+            f"(model.exclude=[{','.join(collapsed)}]) in a new run, or accept it (resume with layer_collapse=warn)")
+    log.warning("search: layer collapse: no weight left in %s (layer_collapse=error stops here instead)", layers)
+
+
 @torch.no_grad()
 def preservation(ctx: RunContext, model: nn.Module, masks: Masks) -> dict[str, Any]:
     """How much of the dense function the hard mask keeps at the pruning point, before any retraining:
@@ -109,8 +125,7 @@ def run(ctx: RunContext, out: StageDir) -> dict[str, Any]:
         out.save_tensors("scores.pt", {name: s.float().cpu() for name, s in result.scores.items()})
     report = density_report(masks)
     out.save_json("density.json", report)
-    if report["collapsed_layers"]:
-        log.warning("search: layer collapse: no weight left in %s", ", ".join(report["collapsed_layers"]))
+    check_collapse(ctx, report)
     fresh = ctx.new_model()
     load_plain_state_dict(fresh, out.load_tensors("pruning_point.pt"))
     out.save_json("metrics.json", {"pruner": result.info, "pruning_point": preservation(ctx, fresh, masks)})

@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ltsearch.errors import ArtifactError
+from ltsearch.errors import ArtifactError, UnsafeArtifactError
 from ltsearch.storage import load_json, load_torch, save_json, save_torch
 
 log = logging.getLogger(__name__)
@@ -17,7 +17,8 @@ class Checkpoints:
     """`folder/epoch_NNNN.pt` files plus `folder/index.json` (epoch, file, sha256), newest last.
 
     The checkpoint file is written (atomically) before the index names it, so the index never points at a
-    partial file; a file damaged later fails its checksum and `latest()` falls back to an older one.
+    partial file; a file damaged later fails its checksum and `latest()` falls back to an older one. A file
+    that would need arbitrary unpickling is not skipped but refused (UnsafeArtifactError): it was planted.
     """
 
     def __init__(self, folder: Path, keep: int = 2) -> None:
@@ -29,8 +30,9 @@ class Checkpoints:
         if not index.exists():
             return []
         try:
-            return list(load_json(index)["checkpoints"])
-        except (ArtifactError, KeyError, TypeError):
+            return [{"epoch": int(e["epoch"]), "file": str(e["file"]), "sha256": str(e["sha256"])}
+                    for e in load_json(index)["checkpoints"]]
+        except (ArtifactError, KeyError, TypeError, ValueError):
             log.warning("checkpoint index %s is unreadable; starting this phase from its beginning", index)
             return []
 
@@ -39,17 +41,31 @@ class Checkpoints:
         sha = save_torch(self.folder / name, state)
         entries = [e for e in self._entries() if e["epoch"] != epoch] + [{"epoch": epoch, "file": name, "sha256": sha}]
         entries.sort(key=lambda e: e["epoch"])
-        stale, entries = entries[: -self.keep], entries[-self.keep:]
+        entries = entries[-self.keep:]
         save_json(self.folder / INDEX, {"checkpoints": entries})
-        for entry in stale:
-            (self.folder / entry["file"]).unlink(missing_ok=True)
+        # Files the index no longer names: older epochs, and any left by a session killed between writing a
+        # checkpoint and updating the index.
+        named = {e["file"] for e in entries}
+        for path in self.folder.glob("epoch_*.pt"):
+            if path.name not in named:
+                path.unlink(missing_ok=True)
 
     def latest(self) -> dict[str, Any] | None:
         """The newest checkpoint that loads and matches its checksum, or None."""
-        for entry in reversed(self._entries()):
+        entries = self._entries()
+        for entry in reversed(entries):
             path = self.folder / entry["file"]
             try:
-                return load_torch(path, sha256=entry["sha256"])
+                state = load_torch(path, sha256=entry["sha256"])
+            except UnsafeArtifactError:
+                raise
             except ArtifactError as exc:
                 log.warning("%s; falling back to an earlier checkpoint", exc)
+                continue
+            if not isinstance(state, dict) or int(state.get("epoch", -1)) != int(entry["epoch"]):
+                log.warning("%s does not hold epoch %s; falling back to an earlier checkpoint", path, entry["epoch"])
+                continue
+            return state
+        if entries:
+            log.warning("no usable checkpoint in %s; this phase starts again from its beginning", self.folder)
         return None

@@ -94,7 +94,7 @@ class Trainer:
     def fit(self) -> list[dict[str, Any]]:
         first = self.restore()
         if first >= self.end_epoch:
-            return self.history
+            return self._finish()
         with progress_bar(self.runtime.progress) as bar:
             task = bar.add_task(self.out.path.name, total=(self.end_epoch - first) * self.steps_per_epoch, info="")
             for epoch in range(first, self.end_epoch):
@@ -112,6 +112,12 @@ class Trainer:
                     self.checkpoints.save(epoch + 1, self.state(epoch + 1))
                     save_json(self.out.path / "metrics.json", self.history)
                     self.out.checkpoint_clock()
+        return self._finish()
+
+    def _finish(self) -> list[dict[str, Any]]:
+        """Write metrics.json once more from the (checksummed) history and record it in the stage's manifest,
+        so that its completion marker covers it (also when a session resumed after the last checkpoint)."""
+        self.out.manifest["metrics.json"] = save_json(self.out.path / "metrics.json", self.history)
         return self.history
 
     def train_epoch(self, epoch: int, advance: Any = lambda: None) -> dict[str, Any]:
@@ -149,9 +155,10 @@ class Trainer:
         step = int(first_bad)
         if step >= 0:
             raise DivergenceError(
-                f"{self.key}: the training loss became NaN/Inf at epoch {epoch + 1}, step {step + 1}; the stage "
-                f"stopped without completing. Resume after changing a runtime setting (e.g. "
-                f"runtime.precision=fp32), or start a new run with a lower train.lr")
+                f"stage {self.out.label}: the training loss became NaN/Inf at epoch {epoch + 1}, step {step + 1} "
+                f"of {self.steps_per_epoch}; the stage stopped without completing (nothing of this epoch was "
+                f"saved). Resume after changing a runtime-only setting (e.g. runtime.precision=fp32), or start "
+                f"a new run with a lower train.lr")
 
     def _log(self, r: dict[str, Any]) -> None:
         test = f"  test loss {r['test_loss']:.4f} acc {r['test_acc']:.4f}" if "test_acc" in r else ""

@@ -1,0 +1,254 @@
+"""Stage `sanity`: does the ticket carry per-weight information? (Frankle et al. 2021; Su et al. 2020)
+
+Each variant below destroys one part of what the method found, is retrained with exactly the ticket's
+budget (same start epoch, rewind stage's `ticket.pt["start_epoch"]`, same schedule, same optimizer, and the
+same data order: the trainer key "retrain" the ticket used), and its final test accuracy is compared with
+the ticket's (the last record of `retrain/metrics.json`).
+
+Variants (k = the number of weights the ticket keeps; per-layer counts are the ticket's):
+  shuffle  Layerwise shuffle. In every layer keep as many weights as the ticket keeps there, at positions
+           drawn uniformly at random within the layer (seeded); start from the ticket's own starting
+           weights (w0, or w_k at the rewind point). Keeps the layerwise densities and the weights, destroys
+           which weights were chosen inside each layer.
+  invert   Keep the k lowest-scored weights of `search/scores.pt` (global, same k) instead of the k highest;
+           ties are broken in favour of weights the ticket pruned, so the variant is disjoint from the
+           ticket whenever k <= N - k. Starts from the ticket's starting weights. Skipped when the method
+           wrote no scores.
+  reinit   The ticket's mask on fresh initial weights (same init scheme, another seed). Only for masks found
+           at initialisation (pruner.when=init); for a mask found at the rewind point the weights are part of
+           the ticket, so the variant is skipped.
+  random   Su et al.'s "random ticket": the ticket's per-layer kept counts at random positions (another
+           seeded draw) AND fresh initial weights. Differs from `shuffle` only in the weights: shuffle keeps
+           the ticket's starting weights, random starts from a new initialisation.
+
+Verdict of one run: a variant passes when margin = ticket_acc - variant_acc > `sanity.margin` (test
+accuracy as a fraction; the default 0.005 = 0.5 percentage points). `ltsearch report` combines seeds
+(mean and std of the margin, see ltsearch/report.py).
+
+Layout: `sanity/<variant>/` is a child stage per variant (checkpoints while it trains, mask.pt, result.json,
+DONE.json), so a killed sanity stage resumes inside the variant it was retraining. `sanity/sanity.json`
+holds the verdicts, the rule and the definitions.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from typing import Any
+
+import torch
+from rich.table import Table
+from torch import Tensor
+
+from ltsearch.config import SanityVariant, When
+from ltsearch.masking import Masks, attach_masks, count, load_plain_state_dict
+from ltsearch.pipeline import RunContext
+from ltsearch.rundir import StageDir
+from ltsearch.runtime import console
+from ltsearch.seeding import derive_seed, generator
+
+log = logging.getLogger(__name__)
+REQUIRES = ("retrain",)
+
+DEFINITIONS = {
+    "shuffle": "per-layer kept counts of the ticket, positions uniformly random within each layer (seeded); "
+               "the ticket's starting weights",
+    "invert": "the k lowest scores of search/scores.pt instead of the k highest (same k, global; ties broken "
+              "towards weights the ticket pruned); the ticket's starting weights",
+    "reinit": "the ticket's mask on fresh initial weights (same init scheme, another seed); masks found at "
+              "init only",
+    "random": "random ticket (Su et al. 2020): per-layer kept counts of the ticket at random positions AND "
+              "fresh initial weights (shuffle keeps the ticket's weights)",
+}
+BUDGET = ("each variant is retrained from the ticket's start epoch to the end of the same schedule, with the "
+          "same optimizer and the same data order as the ticket")
+
+
+def rule_text(threshold: float) -> str:
+    return (f"pass if margin = ticket accuracy - variant accuracy > {threshold:g} "
+            f"({100 * threshold:g} percentage points of test accuracy)")
+
+
+def passes(margin: float, threshold: float) -> bool:
+    """The single-run rule: the ticket beats the variant by strictly more than the threshold."""
+    return margin > threshold
+
+
+# -- the variants (pure functions of the ticket, for tests and reuse) ---------------------------------------
+def shuffle_masks(masks: Masks, gen: torch.Generator) -> Masks:
+    """Same number of kept weights in every layer, positions uniformly at random within the layer."""
+    out = {}
+    for name, mask in masks.items():
+        kept = int(mask.sum())
+        flat = torch.zeros(mask.numel(), dtype=torch.bool)
+        flat[torch.randperm(mask.numel(), generator=gen)[:kept]] = True
+        out[name] = flat.view(mask.shape)
+    return out
+
+
+def invert_masks(scores: dict[str, Tensor], masks: Masks) -> Masks:
+    """Keep the k lowest scores (k = the ticket's kept count, global), ties broken towards weights the ticket
+    pruned: disjoint from the ticket whenever k <= N - k. NaN scores sort last (never preferred)."""
+    names = list(masks)
+    flat_scores = torch.cat([scores[n].detach().flatten().to(torch.float64).cpu() for n in names])
+    in_ticket = torch.cat([masks[n].flatten().cpu() for n in names])
+    k = int(in_ticket.sum())
+    # Lexicographic order (score ascending, then outside-the-ticket first) by two stable sorts.
+    first = torch.argsort(in_ticket.to(torch.int8), stable=True)
+    order = first[torch.argsort(flat_scores[first], stable=True)]
+    keep = torch.zeros_like(in_ticket)
+    keep[order[:k]] = True
+    out, offset = {}, 0
+    for n in names:
+        size = masks[n].numel()
+        out[n] = keep[offset: offset + size].view(masks[n].shape)
+        offset += size
+    return out
+
+
+def _weights_with(state: dict[str, Tensor], masks: Masks) -> dict[str, Tensor]:
+    return {k: (v * masks[k].to(v.dtype) if k in masks else v).clone() for k, v in state.items()}
+
+
+def build_variant(ctx: RunContext, variant: str, masks: Masks, start: dict[str, Tensor]
+                  ) -> tuple[Masks, dict[str, Tensor], str] | str:
+    """(masks, starting weights, description) of a variant, or the reason why it is skipped."""
+    seed = ctx.cfg.seed
+    kept, total = count(masks)
+    if kept == total:
+        return "the ticket keeps every weight (dense): there is nothing to perturb"
+    if variant == SanityVariant.shuffle.value:
+        new = shuffle_masks(masks, generator(seed, "sanity", "shuffle"))
+        return new, _weights_with(start, new), DEFINITIONS[variant]
+    if variant == SanityVariant.invert.value:
+        scores_path = ctx.stage("search").path / "scores.pt"
+        if not scores_path.exists():
+            return f"method {ctx.cfg.pruner.name} wrote no per-weight scores (search/scores.pt)"
+        scores = ctx.stage("search").load_tensors("scores.pt")
+        if set(scores) != set(masks) or any(scores[n].shape != masks[n].shape for n in masks):
+            return "search/scores.pt does not cover the same weights as the mask"
+        new = invert_masks(scores, masks)
+        return new, _weights_with(start, new), DEFINITIONS[variant]
+    if variant == SanityVariant.reinit.value:
+        if ctx.cfg.pruner.when != When.init:
+            return ("mask found at the rewind point (pruner.when=rewind): its weights are part of the ticket, "
+                    "so reinitialising is not a meaningful check")
+        fresh = _fresh_weights(ctx, derive_seed(seed, "sanity", "reinit"))
+        return dict(masks), _weights_with(fresh, masks), DEFINITIONS[variant]
+    if variant == SanityVariant.random.value:
+        new = shuffle_masks(masks, generator(seed, "sanity", "random"))
+        fresh = _fresh_weights(ctx, derive_seed(seed, "sanity", "random-init"))
+        return new, _weights_with(fresh, new), DEFINITIONS[variant]
+    raise ValueError(f"unknown sanity variant {variant!r}")
+
+
+def _fresh_weights(ctx: RunContext, seed: int) -> dict[str, Tensor]:
+    from ltsearch.masking import plain_state_dict
+
+    return plain_state_dict(ctx.new_model(seed=seed))
+
+
+# -- the stage -------------------------------------------------------------------------------------------------
+def ticket_accuracy(ctx: RunContext) -> float:
+    retrain = ctx.stage("retrain")
+    metrics_path = retrain.path / "metrics.json"
+    if metrics_path.exists():
+        records = [r for r in retrain.load_json("metrics.json") if "test_acc" in r]
+        if records:
+            return float(records[-1]["test_acc"])
+    from ltsearch.training.evaluate import evaluate
+
+    final = retrain.load_tensors("final.pt")
+    model = ctx.new_model()
+    load_plain_state_dict(model, final["state_dict"])
+    attach_masks(model, final["masks"])
+    return float(evaluate(model, ctx.data, ctx.runtime, "test", ctx.cfg.train.eval_batch_size)["acc"])
+
+
+def run_variant(ctx: RunContext, out: StageDir, variant: str, masks: Masks, start_weights: dict[str, Tensor],
+                start_epoch: int) -> dict[str, Any]:
+    """Retrain one variant under `out` (resumable); return {accuracy, ...} or {skipped_reason}."""
+    if out.done:
+        return out.load_json("result.json")
+    built = build_variant(ctx, variant, masks, start_weights)
+    if isinstance(built, str):
+        log.info("sanity %s: skipped: %s", variant, built)
+        result: dict[str, Any] = {"variant": variant, "accuracy": None, "skipped_reason": built}
+        out.start()
+        out.save_json("result.json", result)
+        out.mark_done(skipped=True)
+        return result
+    vmasks, weights, definition = built
+    out.start()
+    out.save_tensors("mask.pt", vmasks)
+    model = ctx.new_model()
+    load_plain_state_dict(model, weights)
+    attach_masks(model, vmasks)
+    log.info("sanity %s: retraining from epoch %d (%s)", variant, start_epoch, definition)
+    history = ctx.train(model, "retrain", out, start_epoch=start_epoch)
+    accuracy = float(history[-1]["test_acc"])
+    kept = {n: int(m.sum()) for n, m in vmasks.items()}
+    overlap = sum(int((vmasks[n] & masks[n]).sum()) for n in masks)
+    result = {"variant": variant, "accuracy": accuracy, "skipped_reason": None, "definition": definition,
+              "kept": sum(kept.values()), "overlap_with_ticket": overlap, "start_epoch": start_epoch,
+              "epochs": len(history)}
+    out.save_json("result.json", result)
+    out.mark_done(accuracy=accuracy)
+    # The epoch checkpoints only served resumption; the verdict needs the accuracy alone.
+    shutil.rmtree(out.path / "checkpoints", ignore_errors=True)
+    return result
+
+
+def run(ctx: RunContext, out: StageDir) -> dict[str, Any]:
+    ticket = ctx.stage("rewind").load_tensors("ticket.pt")
+    masks: Masks = {n: m.bool() for n, m in ticket["masks"].items()}
+    start_epoch = int(ticket["start_epoch"])
+    # The dense weights the ticket starts from (w0, or w_k at the rewind point): a variant that keeps the
+    # ticket's weights needs them at positions the ticket pruned too.
+    start_weights = ctx.stage("search").load_tensors("pruning_point.pt")
+    ticket_acc = ticket_accuracy(ctx)
+    threshold = float(ctx.cfg.sanity.margin)
+    variants: dict[str, Any] = {}
+    for variant in [v.value for v in ctx.cfg.sanity.variants]:
+        result = run_variant(ctx, out.child(variant), variant, masks, start_weights, start_epoch)
+        acc = result.get("accuracy")
+        margin = None if acc is None else ticket_acc - acc
+        variants[variant] = {
+            "accuracy": acc,
+            "margin": margin,
+            "passed": None if margin is None else passes(margin, threshold),
+            "skipped_reason": result.get("skipped_reason"),
+            "definition": DEFINITIONS[variant],
+            **{k: result[k] for k in ("kept", "overlap_with_ticket") if k in result},
+        }
+    tested = [v for v in variants.values() if v["passed"] is not None]
+    summary = {
+        "method": ctx.label or ctx.cfg.pruner.name,
+        "seed": ctx.cfg.seed,
+        "sparsity": float(ctx.cfg.sparsity),
+        "when": ctx.cfg.pruner.when.value,
+        "ticket_accuracy": ticket_acc,
+        "threshold": threshold,
+        "rule": rule_text(threshold),
+        "budget": BUDGET,
+        "start_epoch": start_epoch,
+        "passed_all": bool(tested) and all(v["passed"] for v in tested),
+        "variants": variants,
+    }
+    out.save_json("sanity.json", summary)
+    print_verdicts(summary)
+    return {"passed_all": summary["passed_all"]}
+
+
+def print_verdicts(summary: dict[str, Any]) -> None:
+    table = Table(title=f"sanity checks: {summary['method']} at sparsity {summary['sparsity']}, "
+                        f"ticket accuracy {summary['ticket_accuracy']:.4f}")
+    for column in ("variant", "accuracy", "margin", "verdict"):
+        table.add_column(column)
+    for name, v in summary["variants"].items():
+        if v["passed"] is None:
+            table.add_row(name, "-", "-", f"skipped: {v['skipped_reason']}")
+        else:
+            table.add_row(name, f"{v['accuracy']:.4f}", f"{v['margin']:+.4f}", "pass" if v["passed"] else "FAIL")
+    table.caption = summary["rule"]
+    console().print(table)

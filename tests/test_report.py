@@ -1,0 +1,178 @@
+"""`ltsearch report` on a small synthetic sweep folder: aggregation over seeds, failed and unfinished jobs,
+sanity verdicts across seeds, CSV files and PNG plots."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from ltsearch.report import build_report, main, seed_verdict
+from ltsearch.sweep import write_sweep_summary
+from tests.conftest import run_cli
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+LAYERS = {"fc1.weight": 1000, "fc2.weight": 300, "out.weight": 100}
+
+
+def _write(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj))
+
+
+def fake_run(root: Path, method: str, sparsity: float, seed: int, acc: float | None = None,
+             margins: dict[str, float] | None = None, levels: bool = False, failed: str | None = None) -> Path:
+    """A run directory as the pipeline leaves it (only the files a report reads)."""
+    run = root / f"pruner={method},seed={seed},sparsity={sparsity}"
+    config = {"seed": seed, "sparsity": sparsity, "model": {"name": "lenet"}, "dataset": {"name": "mnist"},
+              "pruner": {"name": method, "when": "init"}}
+    _write(run / "run.json", {"label": method, "overrides": [], "config": config})
+    if failed:
+        _write(run / "failed.json", {"stage": "retrain", "error": failed, "time": 0})
+        return run
+    if acc is None:  # unfinished
+        return run
+    density = 1 - sparsity
+    layers = {n: {"density": density * f, "kept": int(density * f * t), "total": t}
+              for (n, t), f in zip(LAYERS.items(), (0.8, 1.5, 2.0), strict=True)}
+    _write(run / "evaluate" / "results.json", {
+        "test_acc": acc, "test_loss": 0.1, "density": {"target": density, "measured": density},
+        "layers": layers, "pruning_point": {"pruning_point": {"test_acc": acc / 2}},
+        "wall_time": {"search": 1.0, "rewind": 0.1, "retrain": 10.0, "sanity": 40.0, "evaluate": 0.2,
+                      "total": 11.3}})
+    if margins is not None:
+        variants = {v: {"accuracy": acc - m, "margin": m, "passed": m > 0.005, "skipped_reason": None}
+                    for v, m in margins.items()}
+        variants["reinit"] = {"accuracy": None, "margin": None, "passed": None,
+                              "skipped_reason": "mask found at the rewind point"}
+        _write(run / "sanity" / "sanity.json", {"ticket_accuracy": acc, "threshold": 0.005,
+                                                 "rule": "...", "variants": variants})
+    if levels:
+        _write(run / "search" / "levels.json", [
+            {"level": i, "density": 0.8 ** i, "kept": 0, "total": 1400, "test_acc": 0.98 - 0.01 * i}
+            for i in range(0, 12)])
+    return run
+
+
+@pytest.fixture
+def sweep(tmp_path) -> Path:
+    root = tmp_path / "sweep"
+    for seed, (a, b) in enumerate([(0.97, 0.95), (0.96, 0.93)]):
+        fake_run(root, "ltr", 0.9, seed, a, margins={"shuffle": 0.05 + 0.01 * seed, "invert": 0.5},
+                 levels=True)
+        fake_run(root, "ltr", 0.99, seed, b, margins={"shuffle": 0.01 + 0.03 * seed, "invert": 0.4})
+        fake_run(root, "snip", 0.9, seed, a - 0.02, margins={"shuffle": -0.01, "invert": 0.3})
+    fake_run(root, "snip", 0.99, 0, 0.9)
+    fake_run(root, "snip", 0.99, 1, failed="DivergenceError: the training loss became NaN")
+    fake_run(root, "snip", 0.99, 2)  # unfinished
+    # a job that failed before writing run.json (the sweep callback's record)
+    _write(root / "pruner=snip,sparsity=1.5" / "failed.json", {
+        "stage": None, "error": "ConfigError: invalid config: sparsity must be in [0, 1)", "time": 0,
+        "overrides": ["pruner=snip", "sparsity=1.5"],
+        "job": {"method": "snip", "model": "lenet", "dataset": "mnist", "sparsity": 1.5, "seed": 0}})
+    return root
+
+
+def test_summary_aggregates_seeds_and_counts_failures(sweep):
+    report = build_report([sweep])
+    assert len(report.runs) == 10
+    assert sorted(report.runs["status"].value_counts().items()) == [("done", 7), ("failed", 2), ("unfinished", 1)]
+    s = report.summary.set_index(["method", "sparsity"])
+    assert s.loc[("ltr", 0.9), "n_done"] == 2
+    assert s.loc[("ltr", 0.9), "test_acc_mean"] == pytest.approx(0.965)
+    assert s.loc[("ltr", 0.9), "test_acc_std"] == pytest.approx(pd.Series([0.97, 0.96]).std(ddof=1))
+    assert s.loc[("ltr", 0.9), "acc_before_retrain_mean"] == pytest.approx(0.965 / 2)
+    assert s.loc[("ltr", 0.9), "measured_density"] == pytest.approx(0.1)
+    assert s.loc[("ltr", 0.9), "time_retrain_s"] == 10.0 and s.loc[("ltr", 0.9), "total_time_s"] == 11.3
+    assert s.loc[("ltr", 0.9), "seeds"] == "0 1"
+    snip = s.loc[("snip", 0.99)]
+    assert (snip["n_done"], snip["n_failed"], snip["n_unfinished"]) == (1, 1, 1)
+    assert snip["test_acc_mean"] == 0.9 and math.isnan(snip["test_acc_std"])
+    assert s.loc[("snip", 1.5), "n_failed"] == 1 and s.loc[("snip", 1.5), "n_done"] == 0
+    failed = report.failed.set_index("sparsity")
+    assert "NaN" in failed.loc[0.99, "error"] and "sparsity must be" in failed.loc[1.5, "error"]
+    assert set(report.levels["method"]) == {"ltr"} and len(report.levels) == 24
+
+
+def test_sanity_verdicts_across_seeds(sweep):
+    sanity = build_report([sweep]).sanity.set_index(["method", "sparsity", "variant"])
+    ltr = sanity.loc[("ltr", 0.9, "shuffle")]
+    assert ltr["n"] == 2 and ltr["margin_mean"] == pytest.approx(0.055)
+    assert ltr["margin_std"] == pytest.approx(pd.Series([0.05, 0.06]).std(ddof=1))
+    assert ltr["verdict"] == "pass"
+    # both seeds beat the threshold (0.01, 0.04), but they disagree: 2 * std / sqrt(2) = 0.03 > mean 0.025
+    noisy = sanity.loc[("ltr", 0.99, "shuffle")]
+    assert noisy["margin_mean"] == pytest.approx(0.025) and noisy["bound"] == pytest.approx(0.03)
+    assert noisy["verdict"] == "FAIL" and noisy["seeds_passed"] == "2/2"
+    assert sanity.loc[("snip", 0.9, "shuffle"), "verdict"] == "FAIL"
+    assert sanity.loc[("snip", 0.9, "invert"), "verdict"] == "pass"
+    skipped = sanity.loc[("ltr", 0.9, "reinit")]
+    assert skipped["verdict"] == "skipped" and "rewind point" in skipped["skipped_reason"]
+    assert "2 * std / sqrt(n)" in skipped["rule"]
+    assert list(build_report([sweep]).sanity["variant"][:3]) == ["shuffle", "invert", "reinit"]
+
+
+def test_seed_rule():
+    assert seed_verdict(pd.Series([0.006]), 0.005) == ("pass", 0.005)
+    assert seed_verdict(pd.Series([0.005]), 0.005)[0] == "FAIL"
+    assert seed_verdict(pd.Series([0.10, 0.11, 0.09]), 0.005)[0] == "pass"
+    verdict, bound = seed_verdict(pd.Series([0.0, 0.1]), 0.005)
+    assert verdict == "FAIL" and bound == pytest.approx(2 * pd.Series([0.0, 0.1]).std() / math.sqrt(2))
+    assert seed_verdict(pd.Series([None], dtype=float), 0.005)[0] == "skipped"
+
+
+def _is_png(path: Path) -> bool:
+    data = path.read_bytes()
+    return len(data) > 1000 and data.startswith(PNG_MAGIC)
+
+
+def test_report_writes_csv_and_plots(sweep, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main([str(sweep), "--csv", str(out / "table.csv"), "--layers-at", "0.99"]) == 0
+    assert "sanity checks" in capsys.readouterr().out
+    printed = (out / "table.txt").read_text()  # the printed tables, at full width
+    assert "0.9650 ± 0.0071" in printed and "2 failed run(s)" in printed and "FAIL" in printed
+    summary = pd.read_csv(out / "table.csv")
+    assert {"method", "sparsity", "test_acc_mean", "test_acc_std", "acc_before_retrain_mean",
+            "measured_density", "time_search_s", "total_time_s", "n_failed"} <= set(summary.columns)
+    runs = pd.read_csv(out / "table_runs.csv")
+    assert (runs["status"] == "failed").sum() == 2
+    sanity = pd.read_csv(out / "table_sanity.csv")
+    assert {"margin_mean", "margin_std", "verdict", "rule"} <= set(sanity.columns)
+    for name in ("accuracy_vs_sparsity.png", "layer_density_0.99.png", "sanity_margins.png"):
+        assert _is_png(out / name), name
+
+
+def test_default_plot_folder_and_layers_at(sweep, tmp_path):
+    assert main([str(sweep)]) == 0  # plots next to the first DIR, per-layer plot at the sparsity most methods reached
+    assert _is_png(sweep / "accuracy_vs_sparsity.png")
+    assert _is_png(sweep / "layer_density_0.99.png")  # ltr and snip both reached 0.9 and 0.99: the higher one
+    from ltsearch.errors import LtsearchError
+
+    with pytest.raises(LtsearchError, match="no finished run at that sparsity"):
+        main([str(sweep), "--layers-at", "0.5", "--plots", str(tmp_path / "p")])
+
+
+def test_sweep_summary_files(sweep):
+    written = write_sweep_summary(sweep)
+    names = {p.name for p in written}
+    assert {"summary.csv", "summary_runs.csv", "summary_sanity.csv", "summary.txt",
+            "accuracy_vs_sparsity.png"} <= names
+    text = (sweep / "summary.txt").read_text()
+    assert "2 failed run(s)" in text and "sparsity must be in [0, 1)" in text
+    assert "2 * std / sqrt(n)" in text.replace("\n", " ")
+
+
+def test_cli_report_on_a_single_run(sweep, tmp_path):
+    run = next(sweep.glob("pruner=ltr,seed=0,sparsity=0.9"))
+    proc = run_cli("report", str(run), "--csv", str(tmp_path / "one.csv"), "--no-plots")
+    assert proc.returncode == 0, proc.stderr
+    assert "ltr" in proc.stdout and (tmp_path / "one.csv").exists()
+    assert not (run / "accuracy_vs_sparsity.png").exists()
+    from ltsearch.errors import LtsearchError
+
+    with pytest.raises(LtsearchError, match="does not exist"):
+        main([str(tmp_path / "nothing-here")])

@@ -1,0 +1,223 @@
+"""Training: learning-rate schedules, optimizers, Trainer determinism and resume at an epoch boundary."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ltsearch.config import Optimizer, RuntimeConfig, Schedule, TrainConfig
+from ltsearch.data import build_data
+from ltsearch.masking import attach_masks, prunable_weights
+from ltsearch.models import build_model
+from ltsearch.rundir import StageDir
+from ltsearch.runtime import Runtime
+from ltsearch.training.optim import build_optimizer, build_scheduler, lr_factor
+from ltsearch.training.trainer import Callback, Trainer
+from tests.conftest import make_config
+
+
+# -- schedules ---------------------------------------------------------------------------------------------
+def test_multistep_schedule():
+    cfg = TrainConfig(epochs=10, schedule=Schedule.multistep, milestones=[3, 6], gamma=0.2)
+    spe = 5
+    factors = [lr_factor(cfg, step, spe) for step in range(10 * spe)]
+    for step, f in enumerate(factors):
+        epoch = step // spe
+        expected = 1.0 if epoch < 3 else 0.2 if epoch < 6 else 0.2 ** 2
+        assert f == pytest.approx(expected), step
+    constant = TrainConfig(epochs=10, schedule=Schedule.constant, milestones=[3])
+    assert {lr_factor(constant, s, spe) for s in range(50)} == {1.0}
+
+
+def test_cosine_schedule():
+    cfg = TrainConfig(epochs=4, schedule=Schedule.cosine)
+    spe = 10
+    assert lr_factor(cfg, 0, spe) == 1.0
+    assert lr_factor(cfg, 20, spe) == pytest.approx(0.5)
+    assert lr_factor(cfg, 10, spe) == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
+    assert lr_factor(cfg, 39, spe) == pytest.approx(0.5 * (1 + math.cos(math.pi * 39 / 40)))
+    values = [lr_factor(cfg, s, spe) for s in range(40)]
+    assert all(a > b for a, b in zip(values, values[1:], strict=False))  # per iteration, not per epoch
+
+
+def test_warmup():
+    cfg = TrainConfig(epochs=10, schedule=Schedule.multistep, milestones=[5], warmup_epochs=2)
+    spe = 4
+    assert [lr_factor(cfg, s, spe) for s in range(8)] == pytest.approx([(s + 1) / 8 for s in range(8)])
+    assert lr_factor(cfg, 8, spe) == 1.0
+    assert lr_factor(cfg, 20, spe) == pytest.approx(0.1)
+    cosine = TrainConfig(epochs=10, schedule=Schedule.cosine, warmup_epochs=1)
+    assert lr_factor(cosine, 1, spe) == pytest.approx(0.5 * 0.5 * (1 + math.cos(math.pi / 40)))
+
+
+@pytest.mark.parametrize("schedule, extra", [
+    (Schedule.multistep, {"milestones": [2, 5]}),
+    (Schedule.cosine, {}),
+    (Schedule.multistep, {"milestones": [4], "warmup_epochs": 3}),
+])
+def test_scheduler_started_at_epoch_k_continues_the_schedule(schedule, extra):
+    cfg = TrainConfig(epochs=8, lr=0.4, schedule=schedule, **extra)
+    spe, k = 3, 2
+
+    def lrs(start_epoch: int, steps: int) -> list[float]:
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+        sched = build_scheduler(opt, cfg, spe, start_epoch)
+        out = []
+        for _ in range(steps):
+            out.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        return out
+
+    full = lrs(0, 8 * spe)
+    assert lrs(k, (8 - k) * spe) == pytest.approx(full[k * spe:])
+    assert full[0] == pytest.approx(cfg.lr * lr_factor(cfg, 0, spe))
+
+
+# -- optimizers --------------------------------------------------------------------------------------------
+def test_optimizers_get_their_hyper_parameters():
+    params = [torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(2), requires_grad=False)]
+    sgd = build_optimizer(params, TrainConfig(epochs=1, optimizer=Optimizer.sgd, lr=0.1, momentum=0.9,
+                                              weight_decay=5e-4))
+    assert type(sgd) is torch.optim.SGD
+    group = sgd.param_groups[0]
+    assert (group["lr"], group["momentum"], group["nesterov"], group["weight_decay"]) == (0.1, 0.9, False, 5e-4)
+    assert len(group["params"]) == 1  # frozen parameters are left out
+    nesterov = build_optimizer(params, TrainConfig(epochs=1, optimizer=Optimizer.sgd, momentum=0.8, nesterov=True))
+    assert nesterov.param_groups[0]["nesterov"] is True and nesterov.param_groups[0]["momentum"] == 0.8
+    adam = build_optimizer(params, TrainConfig(epochs=1, optimizer=Optimizer.adam, lr=3e-4, betas=[0.8, 0.99],
+                                               weight_decay=1e-5))
+    assert type(adam) is torch.optim.Adam
+    group = adam.param_groups[0]
+    assert (group["lr"], group["betas"], group["weight_decay"]) == (3e-4, (0.8, 0.99), 1e-5)
+    adamw = build_optimizer(params, TrainConfig(epochs=1, optimizer=Optimizer.adamw, lr=1e-3, weight_decay=0.05))
+    assert type(adamw) is torch.optim.AdamW
+    assert (adamw.param_groups[0]["lr"], adamw.param_groups[0]["weight_decay"]) == (1e-3, 0.05)
+
+
+def test_train_presets_compose_to_valid_schedules():
+    cfg = make_config("experiment=resnet20_cifar10").train
+    assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.momentum, cfg.weight_decay) == (160, 512, 0.1, 0.9, 1e-3)
+    assert cfg.schedule == Schedule.multistep and cfg.milestones == [80, 120] and cfg.rewind_epoch == 9
+    cfg = make_config("experiment=conv2_cifar10").train
+    assert cfg.optimizer == Optimizer.adam and cfg.lr == 2e-4 and cfg.batch_size == 60
+    cfg = make_config("experiment=lenet_mnist").train
+    assert (cfg.optimizer, cfg.lr, cfg.batch_size, cfg.epochs) == (Optimizer.sgd, 0.1, 128, 40)
+
+
+# -- the Trainer -------------------------------------------------------------------------------------------
+# A small ResNet (BatchNorm, projection shortcuts) on 8x8 images with random crop + flip: every source of
+# randomness and state the loop has (data order, augmentation, momentum, BN statistics, lr schedule).
+OVERRIDES = ("dataset=fake", "dataset.shape=[3,8,8]", "dataset.train_size=64", "dataset.test_size=32",
+             "dataset.augment=crop_flip", "model=resnet20", "model.depth=8", "model.width=4", "train=tiny",
+             "train.batch_size=32", "train.weight_decay=1e-4", "train.schedule=multistep", "train.milestones=[2]",
+             "runtime.device=cpu", "runtime.progress=false")
+
+
+@pytest.fixture(scope="module")
+def setup():
+    # one thread: these nets are tiny, and a second thread mostly waits (badly so on a loaded machine)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    cfg = make_config(*OVERRIDES)
+    yield cfg, build_data(cfg.dataset), Runtime.from_config(cfg.runtime)
+    torch.set_num_threads(threads)
+
+
+def make_trainer(setup, folder, seed=0, callbacks=(), masked=False, **kwargs) -> Trainer:
+    cfg, data, runtime = setup
+    model = build_model(cfg.model, data.input_shape, data.num_classes, seed)
+    if masked:
+        gen = torch.Generator().manual_seed(0)
+        attach_masks(model, {n: torch.rand(w.shape, generator=gen) < 0.5
+                             for n, w in prunable_weights(model).items()})
+    out = StageDir(folder).start()
+    return Trainer(model=model, data=data, cfg=cfg.train, runtime=runtime, out=out, seed=seed, key="t",
+                   start_epoch=kwargs.pop("start_epoch", 0), callbacks=callbacks, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def reference(setup, tmp_path_factory):
+    """Uninterrupted 3-epoch fits (unmasked and masked), computed once."""
+    fits = {}
+    for masked in (False, True):
+        trainer = make_trainer(setup, tmp_path_factory.mktemp(f"ref{masked}"), masked=masked)
+        trainer.fit()
+        fits[masked] = trainer
+    return fits
+
+
+def without_time(history):
+    return [{k: v for k, v in r.items() if k != "time"} for r in history]
+
+
+def states_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_trainer_is_deterministic(setup, reference, tmp_path):
+    a = reference[False]
+    b = make_trainer(setup, tmp_path / "b")
+    ha, hb = a.history, b.fit()
+    assert len(ha) == 3 and [r["epoch"] for r in ha] == [1, 2, 3]
+    assert all("test_acc" in r and math.isfinite(r["train_loss"]) for r in ha)
+    assert without_time(ha) == without_time(hb)
+    assert states_equal(a.model, b.model)
+    assert [r["lr"] for r in ha] == pytest.approx([0.05, 0.05, 0.005])
+    c = make_trainer(setup, tmp_path / "c", seed=1)
+    assert without_time(c.fit()) != without_time(ha)
+
+
+class Interrupt(Callback):
+    """Stops the loop at the end of an epoch, before that epoch's checkpoint is written."""
+
+    def __init__(self, at_epoch: int) -> None:
+        self.at_epoch = at_epoch
+
+    def on_epoch_end(self, trainer, record):
+        if record["epoch"] == self.at_epoch:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_resume_at_an_epoch_boundary_matches_an_uninterrupted_fit(setup, reference, tmp_path, masked):
+    ref = reference[masked]
+    folder = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        make_trainer(setup, folder, callbacks=[Interrupt(2)], masked=masked).fit()
+    index = (folder / "checkpoints" / "index.json").read_text()
+    assert '"epoch": 1' in index and '"epoch": 2' not in index
+    # as in a new process: a new model (fresh init), optimizer and scheduler, other global RNG state
+    torch.manual_seed(12345)
+    resumed = make_trainer(setup, folder, masked=masked)
+    history = resumed.fit()
+    assert states_equal(resumed.model, ref.model)
+    assert without_time(history) == without_time(ref.history)
+    # a finished phase is not trained again
+    again = make_trainer(setup, folder, masked=masked)
+    assert without_time(again.fit()) == without_time(ref.history)
+    assert states_equal(again.model, ref.model)
+
+
+def test_end_epoch_then_continue(setup, reference, tmp_path):
+    """Training to an intermediate epoch (the rewind point) and continuing in place gives the same run."""
+    part = make_trainer(setup, tmp_path / "p", end_epoch=1)
+    assert [r["epoch"] for r in part.fit()] == [1]
+    rest = make_trainer(setup, tmp_path / "p")
+    rest.fit()
+    assert states_equal(rest.model, reference[False].model)
+
+
+def test_retraining_from_epoch_k_uses_the_schedule_at_k(setup, tmp_path):
+    trainer = make_trainer(setup, tmp_path / "k", start_epoch=2)
+    history = trainer.fit()
+    assert [r["epoch"] for r in history] == [3]
+    assert history[0]["lr"] == pytest.approx(0.005)  # after the milestone at epoch 2
+
+
+def test_runtime_is_cpu_here():
+    runtime = Runtime.from_config(RuntimeConfig(device="cpu", progress=False))
+    assert runtime.device.type == "cpu" and not runtime.bf16 and not runtime.channels_last
