@@ -252,7 +252,8 @@ class Config:
             f"sparsity must be in [0, 1) (the fraction of prunable weights removed), got {self.sparsity}",
         )
         _require(len(self.stages) > 0, "stages must name at least one stage")
-        _require(len(set(self.stages)) == len(self.stages), f"stages lists a stage twice: {self.stages}")
+        _require(len(set(self.stages)) == len(self.stages), f"stages lists a stage twice: "
+                                                             f"{[getattr(st, 'value', st) for st in self.stages]}")
 
     @property
     def density(self) -> float:

@@ -18,16 +18,16 @@ before retraining (results["pruning_point"]["pruning_point"]["test_acc"]) and th
 A finished run is reused, and an unfinished one resumes where it stopped, so re-running the script after
 an interruption (or with more seeds) only does what is missing.
 
-Output (aggregated by ltsearch.report, as `ltsearch report` does): a markdown table (mean +- sample std over
-seeds), OUT/runs.csv (one row per run), OUT/summary.csv,
-the wall time of LTR to the highest sparsity against CTS-KL to the same sparsity (same seed, same machine,
-one invocation: quote the ratio, not the times, for CPU runs), and the accuracy of every IMP level of the
-LTR run at the highest sparsity (seed 0), read from its search/levels.json.
+Output (aggregated by ltsearch.report, as `ltsearch report` does): a markdown table (mean +- sample std
+over seeds), OUT/runs.csv (one row per run), OUT/summary.csv, the wall time of LTR to the highest sparsity
+against CTS-KL to the same sparsity (same seed, same machine, one invocation: quote the ratio, not the
+times, for CPU runs), and the accuracy of every IMP level of the LTR run at the highest sparsity (first
+seed), read from its search/levels.json. Each run's log is its run directory's run.log.
 
 Usage:
-  python scripts/bench_baselines.py                                      # the full benchmark (hours)
-  python scripts/bench_baselines.py --quick --out /tmp/bench_quick      # a few minutes: 2 epochs, 1 seed,
-                                                                          # 2000 training images
+  python scripts/bench_baselines.py                                  # the full benchmark (hours on a CPU)
+  python scripts/bench_baselines.py --quick --out /tmp/bench_quick  # verification: 2 epochs, 2000 training
+                                                                      # images, seed 0 (27 runs, ~12 min)
   python scripts/bench_baselines.py --methods ltr cts_kl --sparsities 0.993 --seeds 0
 Exit status 0 when every run finished, 1 otherwise.
 """
@@ -39,12 +39,15 @@ import json
 import math
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from ltsearch.report import Report, build_report
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from benchlib import ensure_run  # noqa: E402
+
+from ltsearch.report import Report, build_report  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_ROOT = REPO.parent / "shared" / "datasets"
@@ -86,24 +89,22 @@ def run_dir(out: Path, method: str, sparsity: float, seed: int) -> Path:
 
 def run_one(out: Path, method: str, overrides: list[str], sparsity: float, seed: int, common: list[str],
             dry_run: bool) -> bool:
-    """Run (or reuse, or resume) one job through the CLI; return whether it has finished."""
+    """Run (or reuse, or resume) one job through the CLI; return whether it has finished. A failed run is
+    reported and the benchmark goes on; its log is the run directory's run.log."""
     path = run_dir(out, method, sparsity, seed)
-    if (path / "evaluate" / "results.json").exists():
-        print(f"reusing {path}", flush=True)
-        return True
-    cmd = [sys.executable, "-m", "ltsearch", "run", *common, *overrides, f"sparsity={sparsity}", f"seed={seed}",
-           f"hydra.run.dir={path}"]
-    print(f"$ python {' '.join(cmd[1:])}", flush=True)
+    job = [*common, *overrides, f"sparsity={sparsity}", f"seed={seed}"]
     if dry_run:
-        return False
-    log = out / "logs" / f"{method}_sparsity_{sparsity}_seed_{seed}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
+        done = (path / "evaluate" / "results.json").exists()
+        print(f"{'finished' if done else 'to run'}: python -m ltsearch run {' '.join(job)} hydra.run.dir={path}")
+        return done
+    print(f"{method} sparsity {sparsity} seed {seed}: {path}", flush=True)
     t0 = time.perf_counter()
-    with open(log, "a") as handle:
-        proc = subprocess.run(cmd, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT,
-                              env={**os.environ, "COLUMNS": "160"})
-    print(f"  exit {proc.returncode} after {time.perf_counter() - t0:.0f}s (log: {log})", flush=True)
-    return proc.returncode == 0 and (path / "evaluate" / "results.json").exists()
+    try:
+        ensure_run(path, job)
+    except RuntimeError as exc:
+        print(f"  FAILED after {time.perf_counter() - t0:.0f}s (log: {path / 'run.log'}):\n{exc}", flush=True)
+        return False
+    return True
 
 
 def pm(mean: float, std: float, scale: float = 100.0, digits: int = 2) -> str:
@@ -172,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="verification: " + " ".join(QUICK) + ", seed 0")
     parser.add_argument("--device", default="auto", help="runtime.device of every run")
     parser.add_argument("--threads", type=int, default=0, help="runtime.threads of every run (0 = torch default)")
-    parser.add_argument("--dry-run", action="store_true", help="print the commands of the missing runs only")
+    parser.add_argument("--dry-run", action="store_true", help="list the runs and their commands, run nothing")
     args = parser.parse_args(argv)
 
     methods = {**BASELINES, **available_optional()}
@@ -215,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
           f"CSV: {args.out / 'runs.csv'}, {args.out / 'summary.csv'}")
     for (method, _, sparsity, seed), ok in zip(jobs, finished, strict=True):
         if not ok:
-            print(f"FAILED: {method} sparsity {sparsity} seed {seed} (log: {args.out / 'logs'})")
+            print(f"FAILED: {method} sparsity {sparsity} seed {seed} (log: "
+                  f"{run_dir(args.out, method, sparsity, seed) / 'run.log'})")
     return 0 if all(finished) else 1
 
 if __name__ == "__main__":

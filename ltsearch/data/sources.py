@@ -3,10 +3,12 @@ what is missing and where it was expected. No loader touches the network unless 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import math
 import os
+import sys
 import tarfile
 import warnings
 import zlib
@@ -152,8 +154,29 @@ def _iter_images(root: Path) -> Iterator[tuple[str, str, str, bytes]]:
                 assert handle is not None
                 yield split, label, f"{root}:{member.name}", handle.read()
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:  # not a tar, or a truncated one
+        reason = "not a tar archive" if isinstance(exc, tarfile.ReadError) else _first_line(exc)
         raise DataError(f"dataset 'imagefolder': {root} is not a readable folder or tar archive "
-                        f"({_first_line(exc)})") from exc
+                        f"({reason})") from exc
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """libpng and libjpeg print their complaints straight to file descriptor 2; a damaged image is reported
+    by our own DataError (one line), so their lines are kept off the terminal while a folder is decoded."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no usable descriptor 2
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def _fingerprint(root: Path) -> str:
@@ -186,8 +209,8 @@ def _decode(name: str, data: bytes) -> Tensor:
             with Image.open(io.BytesIO(data)) as img:
                 return torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1).contiguous()
         except Exception as exc:
-            raise DataError(f"dataset 'imagefolder': cannot decode image {name} (not a readable image: "
-                            f"{type(exc).__name__}); remove or replace it") from exc
+            raise DataError(f"dataset 'imagefolder': cannot decode image {name} (not a readable image "
+                            f"file); remove or replace it") from exc
 
 
 def _decode_folder(root: Path) -> dict[str, Tensor]:
@@ -238,7 +261,8 @@ def load_imagefolder(cfg: DatasetConfig) -> Arrays:
         except ArtifactError:
             cache.unlink(missing_ok=True)
     if decoded is None:
-        decoded = _decode_folder(root)
+        with _native_stderr_silenced():
+            decoded = _decode_folder(root)
         save_torch(cache, decoded)
     train_x = decoded["train_x"]
     mean, std = (None, None) if cfg.mean else channel_stats(train_x)
@@ -258,4 +282,5 @@ def channel_stats(images: Tensor, chunk: int = 4096) -> tuple[list[float], list[
     n = images.shape[0] * images.shape[2] * images.shape[3]
     mean = total / n
     std = (squares / n - mean.square()).clamp_min(0).sqrt() * math.sqrt(n / max(n - 1, 1))
+    std = torch.where(std > 0, std, torch.ones_like(std))  # a constant channel: centre it, do not divide by 0
     return mean.tolist(), std.tolist()

@@ -6,6 +6,7 @@ global RNG state, so the same seed gives the same w0 in every process.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -50,7 +51,9 @@ def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int
     """Build and initialise a model; raise a ConfigError if it does not accept the data's input shape."""
     if cfg.name not in MODELS:
         raise ConfigError(f"unknown model.name '{cfg.name}'; known: {', '.join(sorted(MODELS))}")
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        # inputs too small for the network give zero-sized layers; _check_shapes below says so in one line
+        warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
         torch.manual_seed(derive_seed(seed, "init"))
         model = MODELS[cfg.name](cfg, tuple(input_shape), num_classes)
         init_weights(model)

@@ -43,7 +43,7 @@ class PruneContext:
     out: StageDir
     seed: int
     density: float
-    trainer: Any = None  # callable(model, key, start_epoch, end_epoch, out) -> history (see pipeline)
+    trainer: Any = None  # RunContext.train(model, key, out, start_epoch, end_epoch=None, callbacks=()) -> history
 
     @property
     def exclude(self) -> list[str]:
