@@ -9,7 +9,7 @@ import torch
 
 from ltsearch.config import Optimizer, RuntimeConfig, Schedule, TrainConfig
 from ltsearch.data import build_data
-from ltsearch.masking import attach_masks, prunable_weights
+from ltsearch.masking import attach_masks, masks_of, plain_state_dict, prunable_weights, topk_masks
 from ltsearch.models import build_model
 from ltsearch.rundir import StageDir
 from ltsearch.runtime import Runtime
@@ -221,3 +221,35 @@ def test_retraining_from_epoch_k_uses_the_schedule_at_k(setup, tmp_path):
 def test_runtime_is_cpu_here():
     runtime = Runtime.from_config(RuntimeConfig(device="cpu", progress=False))
     assert runtime.device.type == "cpu" and not runtime.bf16 and not runtime.channels_last
+
+
+class _ParametrizedTrainer(Trainer):
+    """The reference: train with the Mask parametrization left in place (w * mask in every forward)."""
+
+    @staticmethod
+    def _in_place_masks(model, masks):
+        return [], []
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_in_place_masking_matches_training_under_the_parametrization(tmp_path, optimizer):
+    """The fast path (masks re-applied after each step) computes the same weights, bit for bit, as
+    training through torch.nn.utils.parametrize, and leaves the masks attached afterwards."""
+    cfg = make_config("dataset=fake", "dataset.train_size=256", "dataset.test_size=64", "model=mlp1d",
+                  "model.hidden=[32,32]", "train=tiny", f"train.optimizer={optimizer}", "train.weight_decay=1e-3",
+                  "train.lr=0.01", "runtime.progress=false")
+    data = build_data(cfg.dataset)
+    runtime = Runtime.from_config(cfg.runtime)
+    finals = []
+    for name, cls in (("inplace", Trainer), ("parametrized", _ParametrizedTrainer)):
+        model = build_model(cfg.model, data.input_shape, data.num_classes, 0)
+        scores = {n: torch.rand(w.shape, generator=torch.Generator().manual_seed(1))
+                  for n, w in prunable_weights(model).items()}
+        masks = topk_masks(scores, sum(s.numel() for s in scores.values()) // 5)
+        attach_masks(model, masks)
+        cls(model=model, data=data, cfg=cfg.train, runtime=runtime, out=StageDir(tmp_path / name).start(),
+            seed=0, key="t", start_epoch=0).fit()
+        assert set(masks_of(model)) == set(masks)
+        finals.append(plain_state_dict(model))
+    for key in finals[0]:
+        assert torch.equal(finals[0][key], finals[1][key]), key

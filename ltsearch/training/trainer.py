@@ -4,6 +4,13 @@ Data order and augmentation of epoch e come from a generator seeded by (seed, ke
 holds model, optimizer, scheduler and torch RNG states, so a run killed at any point and resumed from its
 last checkpoint reproduces an uninterrupted run exactly (on the same machine). Behaviour that differs
 between phases (logging, early checks) goes into callbacks, not into `if`s here.
+
+Masks: a model arrives with its masks attached as parametrizations (w * mask in forward). For speed the
+loop trains the effective weights directly and re-applies the masks in place after every optimizer step
+(one fused multiply), so the forward pass always sees exactly w * mask without the parametrization's
+per-step cost (1.10x -> 1.03x step time on LeNet-300-100, scripts/bench_perf.py). Kept weights follow
+the same arithmetic as under the parametrization; pruned weights are 0 before every forward. The masks
+are attached again when `fit` returns.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from torch import nn
 from ltsearch.config import TrainConfig
 from ltsearch.data import Data
 from ltsearch.errors import DivergenceError
+from ltsearch.masking import Masks, attach_masks, detach_masks, masks_of, prunable_modules
 from ltsearch.rundir import StageDir
 from ltsearch.runtime import Runtime, progress_bar
 from ltsearch.seeding import generator
@@ -55,11 +63,29 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.eval_every = eval_every
         self.steps_per_epoch = math.ceil(data.train_x.shape[0] / cfg.batch_size)
+        self.masks: Masks = masks_of(model)
+        self._masked_weights, self._mask_values = self._in_place_masks(model, self.masks)
         self.optimizer = build_optimizer(model.parameters(), cfg)
         self.scheduler = build_scheduler(self.optimizer, cfg, self.steps_per_epoch, start_epoch)
         self.checkpoints = Checkpoints(out.path / "checkpoints", keep=runtime.keep_checkpoints)
         self.history: list[dict[str, Any]] = []
         self.forward = torch.compile(model) if runtime.compile else model
+
+    @staticmethod
+    def _in_place_masks(model: nn.Module, masks: Masks) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Detach the mask parametrizations (keeping w * mask as the weights); return (weights, masks)."""
+        if not masks:
+            return [], []
+        detach_masks(model)
+        modules = prunable_modules(model)
+        weights = [modules[name].weight for name in masks]
+        values = [masks[name].to(w.device, w.dtype) for name, w in zip(masks, weights, strict=True)]
+        return weights, values
+
+    def _apply_masks(self) -> None:
+        if self._masked_weights:
+            with torch.no_grad():
+                torch._foreach_mul_(self._masked_weights, self._mask_values)
 
     # -- state -----------------------------------------------------------------------------------------
     def state(self, next_epoch: int) -> dict[str, Any]:
@@ -92,6 +118,14 @@ class Trainer:
 
     # -- loop ------------------------------------------------------------------------------------------
     def fit(self) -> list[dict[str, Any]]:
+        """Train to `end_epoch` (continuing from the newest checkpoint); the masks are re-attached on return."""
+        try:
+            return self._fit()
+        finally:
+            if self.masks:
+                attach_masks(self.model, self.masks)
+
+    def _fit(self) -> list[dict[str, Any]]:
         first = self.restore()
         if first >= self.end_epoch:
             return self._finish()
@@ -138,6 +172,7 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
+            self._apply_masks()
             self.scheduler.step()
             bad = ~torch.isfinite(loss.detach())
             first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, step), first_bad)
