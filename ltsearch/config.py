@@ -216,6 +216,9 @@ class RuntimeConfig:
     checkpoint_every: int = 1
     keep_checkpoints: int = 2
     data_on_device: str = "auto"
+    # Reuse upstream work (dense pretraining, IMP levels) across runs with the same upstream config.
+    cache: bool = True
+    cache_dir: str = ""  # "" = $LTSEARCH_CACHE/artifacts, else ~/.cache/ltsearch/artifacts
 
     def __post_init__(self) -> None:
         _require(

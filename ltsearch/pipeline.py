@@ -13,8 +13,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
+from ltsearch.cache import ArtifactCache, default_cache_dir
 from ltsearch.config import RUNTIME_KEYS, STAGE_ORDER, Config, When, config_container
 from ltsearch.data import Data, build_data
 from ltsearch.errors import ConfigError, ResumeError
@@ -72,6 +74,28 @@ class RunContext:
 
     def stage(self, name: str) -> StageDir:
         return StageDir(self.run_dir / name)
+
+    @cached_property
+    def cache(self) -> ArtifactCache:
+        root = Path(self.cfg.runtime.cache_dir).expanduser() if self.cfg.runtime.cache_dir else default_cache_dir()
+        return ArtifactCache(root, enabled=self.cfg.runtime.cache)
+
+    def upstream_spec(self) -> dict[str, Any]:
+        """What determines dense training from w0: model, data, schedule, seed and the numerics it runs
+        with (the key of cached pretraining and IMP levels)."""
+        container = config_container(self.cfg)
+        dataset = dict(container["dataset"])
+        dataset.pop("download")
+        if dataset["name"] != "imagefolder":  # a named dataset is the same data wherever it lies
+            dataset.pop("root")
+        else:
+            dataset["root"] = str(Path(dataset["root"]).expanduser().resolve())
+        rt = self.runtime
+        numerics = {"device": rt.device.type, "bf16": rt.bf16, "channels_last": rt.channels_last,
+                    "compile": rt.compile, "deterministic": self.cfg.runtime.deterministic,
+                    "torch": torch.__version__}
+        return {"model": container["model"], "dataset": dataset, "train": container["train"],
+                "seed": self.cfg.seed, "numerics": numerics}
 
     def new_model(self, seed: int | None = None) -> nn.Module:
         """The network at initialisation (w0 of `seed`, default the run seed), on the device."""

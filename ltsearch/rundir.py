@@ -89,6 +89,9 @@ class StageDir:
 
     Stages may nest (e.g. `search/pretrain`): a child's clock also advances its parent's, so the wall
     time of a stage includes its parts, and time lost to a crash after the last checkpoint is not counted.
+    The same holds for the compute counters (`count`): samples passed through the network forward and
+    backward ("train") or forward only ("forward"), which results.json turns into FLOPs and
+    training-epoch equivalents of the dense model.
     """
 
     def __init__(self, path: Path, parent: StageDir | None = None) -> None:
@@ -98,6 +101,7 @@ class StageDir:
         self.manifest: dict[str, str] = {}
         self._t0 = time.perf_counter()
         self._prior = 0.0
+        self.compute: dict[str, int] = {}
 
     @property
     def label(self) -> str:
@@ -111,17 +115,24 @@ class StageDir:
     def start(self) -> StageDir:
         """Begin (or continue) work: restore the time spent by earlier sessions up to their last checkpoint."""
         self.path.mkdir(parents=True, exist_ok=True)
-        clock = self.path / CLOCK
-        self._prior = float(load_json(clock)["elapsed"]) if clock.exists() else 0.0
+        clock = load_json(self.path / CLOCK) if (self.path / CLOCK).exists() else {}
+        self._prior = float(clock.get("elapsed", 0.0))
+        self.compute = {k: int(v) for k, v in clock.get("compute", {}).items()}
         self._t0 = time.perf_counter()
         return self
 
     def elapsed(self) -> float:
         return self._prior + time.perf_counter() - self._t0
 
+    def count(self, kind: str, samples: int) -> None:
+        """Record `samples` passed through the network ("train": forward + backward, "forward": forward)."""
+        self.compute[kind] = self.compute.get(kind, 0) + int(samples)
+        if self.parent is not None:
+            self.parent.count(kind, samples)
+
     def checkpoint_clock(self) -> None:
-        """Persist the elapsed time; called whenever resumable progress is persisted."""
-        save_json(self.path / CLOCK, {"elapsed": self.elapsed()})
+        """Persist elapsed time and compute; called whenever resumable progress is persisted."""
+        save_json(self.path / CLOCK, {"elapsed": self.elapsed(), "compute": self.compute})
         if self.parent is not None:
             self.parent.checkpoint_clock()
 
@@ -134,9 +145,11 @@ class StageDir:
         return load_json(self.path / MARKER)
 
     def mark_done(self, **extra: Any) -> dict[str, Any]:
-        info = {"stage": self.name, "wall_time": self.elapsed(), "finished": time.time(), **extra,
-                "artifacts": dict(sorted(self.manifest.items()))}
+        info = {"stage": self.name, "wall_time": self.elapsed(), "compute": dict(self.compute),
+                "finished": time.time(), **extra, "artifacts": dict(sorted(self.manifest.items()))}
         save_json(self.path / MARKER, info)
+        if self.parent is not None:
+            self.parent.checkpoint_clock()
         return info
 
     # -- artifacts -------------------------------------------------------------------------------------

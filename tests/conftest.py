@@ -48,6 +48,12 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = No
                           capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Keep the artifact and decode caches of the whole test session out of the user's ~/.cache."""
+    os.environ["LTSEARCH_CACHE"] = str(tmp_path_factory.mktemp("ltsearch-cache"))
+
+
 @pytest.fixture
 def tiny() -> list[str]:
     return list(TINY)

@@ -44,6 +44,8 @@ class PruneContext:
     seed: int
     density: float
     trainer: Any = None  # RunContext.train(model, key, out, start_epoch, end_epoch=None, callbacks=()) -> history
+    cache: Any = None  # ArtifactCache: a stage folder that is a pure function of a spec can be shared
+    upstream: dict[str, Any] = field(default_factory=dict)  # the upstream spec (model, data, schedule, seed)
 
     @property
     def exclude(self) -> list[str]:

@@ -244,7 +244,7 @@ class ConcreteSearch:
         return {"epoch": epoch + 1, "objective": total / seen, "expected_density": expected,
                 "density_theta_positive": positive, "target_density": self.density,
                 "lambda": self.control.lam, "s_err": self.s_err, "lr": self.optimizer.param_groups[0]["lr"],
-                "time": time.perf_counter() - t0}
+                "samples": seen, "time": time.perf_counter() - t0}
 
     def drop_lr(self, factor: float) -> None:
         for group in self.optimizer.param_groups:
@@ -284,7 +284,7 @@ class CTSPruner(Pruner):
         epochs = search_epochs(cfg, ctx.cfg.train.epochs)
         drop = drop_epoch(cfg, epochs)
         batch = cfg.batch_size or ctx.cfg.train.batch_size
-        work = ctx.out.child("cts")
+        work = ctx.out.child("cts").start()
         checkpoints = Checkpoints(work.path / "checkpoints", keep=ctx.runtime.keep_checkpoints)
         history: list[dict[str, Any]] = []
         first = 0
@@ -302,6 +302,10 @@ class CTSPruner(Pruner):
                 if epoch == drop:  # once: a state resumed from a later epoch already has the lower lr
                     search.drop_lr(cfg.lr_drop_factor)
                 record = search.run_epoch(ctx.data, batch, ctx.seed, epoch, lambda: bar.advance(task))
+                # a masked forward + backward per sample, and the teacher's forward for the KL objectives
+                work.count("train", record["samples"])
+                if search.needs_teacher:
+                    work.count("forward", record["samples"])
                 history.append(record)
                 bar.update(task, info=f"R {record['objective']:.4f} E[d] {record['expected_density']:.5f}")
                 _log_epoch(record, epochs, search.objective_name)

@@ -119,6 +119,18 @@ class IMPPruner(Pruner):
         shutil.rmtree(out.path / "checkpoints", ignore_errors=True)
         return acc
 
+    def train_shared(self, ctx: PruneContext, out: StageDir, level: int, masks: Masks) -> None:
+        """Train a level, or copy it from the cache: every level before the last depends only on the
+        upstream config, the IMP settings and the level, so runs to different sparsities share them."""
+        if ctx.cache is None:
+            if not out.done:
+                self.train_level(ctx, out, level, masks)
+            return
+        spec = {**ctx.upstream, "imp": {"when": When(self.cfg.when).value, "rate": self.cfg.rate,
+                                        "layerwise": self.cfg.layerwise},
+                "level": level, "kept": count(masks)[0]}
+        ctx.cache.stage("imp_level", spec, out, lambda: self.train_level(ctx, out, level, masks))
+
     def prune(self, ctx: PruneContext) -> PruneResult:
         levels = num_levels(ctx.density, self.cfg.rate)
         masks = {name: m.cpu() for name, m in full_masks(ctx.model, ctx.exclude).items()}
@@ -137,10 +149,9 @@ class IMPPruner(Pruner):
                 out.save_tensors("mask.pt", masks)
                 out.mark_done(level=level, test_acc=None)
                 acc = None
-            elif out.done:
-                acc = out.info()["test_acc"]
             else:
-                acc = self.train_level(ctx, out, level, masks)
+                self.train_shared(ctx, out, level, masks)
+                acc = out.info()["test_acc"]
             kept, total = count(masks)
             records.append({"level": level, "density": kept / total, "kept": kept, "total": total, "test_acc": acc})
         ctx.out.save_json("levels.json", records)

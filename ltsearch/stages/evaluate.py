@@ -13,6 +13,7 @@ from typing import Any
 from rich.table import Table
 
 from ltsearch.config import STAGE_ORDER, config_container
+from ltsearch.cost import cost_summary, flops_per_sample
 from ltsearch.masking import attach_masks, effective_density_report, keep_count, load_plain_state_dict
 from ltsearch.pipeline import RunContext
 from ltsearch.rundir import StageDir
@@ -36,10 +37,18 @@ def run(ctx: RunContext, out: StageDir) -> dict[str, Any]:
     load_plain_state_dict(model, weights["state_dict"])
     attach_masks(model, weights["masks"])
     test = evaluate(model, ctx.data, ctx.runtime, "test", ctx.cfg.train.eval_batch_size)
+    out.count("forward", ctx.data.test_x.shape[0])
     measured = effective_density_report(model, ctx.cfg.model.exclude)
     search = ctx.stage("search")
     total_params = sum(p.numel() for p in model.parameters())
-    times = {s: ctx.stage(s).info()["wall_time"] for s in STAGE_ORDER if ctx.stage(s).done}
+    done = {s: ctx.stage(s).info() for s in STAGE_ORDER if ctx.stage(s).done}
+    times = {s: info["wall_time"] for s, info in done.items()}
+    # the cost of finding and training the ticket; the sanity checks are listed, not counted
+    counted = tuple(s for s in STAGE_ORDER if s != "sanity")
+    stages = {**done, "evaluate": {"wall_time": out.elapsed(), "compute": dict(out.compute)}}
+    cost = cost_summary(ctx.run_dir, stages, flops_per_sample(ctx.new_model(), ctx.data.input_shape,
+                                                             ctx.runtime.device),
+                        ctx.data.train_x.shape[0], counted)
     results = {
         "label": ctx.label or ctx.cfg.pruner.name,
         "pruner": ctx.cfg.pruner.name,
@@ -66,6 +75,7 @@ def run(ctx: RunContext, out: StageDir) -> dict[str, Any]:
         "wall_time": {**times, "evaluate": out.elapsed(),
                       "total": sum(t for s, t in times.items() if s != "sanity") + out.elapsed()},
         "sanity": ctx.stage("sanity").load_json("sanity.json") if ctx.stage("sanity").done else None,
+        "cost": cost,
         "config": config_container(ctx.cfg),
     }
     out.save_json("results.json", results)
@@ -90,4 +100,11 @@ def print_summary(results: dict[str, Any]) -> None:
         table.add_row("layer collapse", ", ".join(results["collapsed_layers"]))
     times = results["wall_time"]
     table.add_row("wall time", ", ".join(f"{k} {v:.1f}s" for k, v in times.items()))
+    cost = results.get("cost")
+    if cost:
+        line = f"{cost['total']['epochs']:.2f} dense training epochs ({cost['total']['flops'] / 1e12:.3g} TFLOP)"
+        if cost["reused"]:
+            line += (f"; {cost['total_with_reused']['epochs']:.2f} including work reused from the cache "
+                     f"({', '.join(r['stage'] for r in cost['reused'])})")
+        table.add_row("compute", line)
     console().print(table)

@@ -39,19 +39,22 @@ OBJECTIVE_SAMPLES = 4096  # training samples on which the pruning-point objectiv
 
 
 def pruning_point(ctx: RunContext, out: StageDir) -> nn.Module:
-    """The dense network at the pruning point: w0, or w0 trained for `rewind_epoch` epochs (resumable)."""
+    """The dense network at the pruning point: w0, or w0 trained for `rewind_epoch` epochs (resumable,
+    and shared through the cache by every run with the same upstream config)."""
     model = ctx.new_model()
     if ctx.pruning_epoch == 0:
         return model
     pre = out.child("pretrain")
-    if pre.done:
-        load_plain_state_dict(model, pre.load_tensors("weights.pt"))
-        return model
-    pre.start()
-    log.info("search: dense training to the rewind point (epoch %d)", ctx.pruning_epoch)
-    ctx.train(model, "dense", pre, start_epoch=0, end_epoch=ctx.pruning_epoch)
-    pre.save_tensors("weights.pt", plain_state_dict(model))
-    pre.mark_done()
+
+    def pretrain() -> None:
+        pre.start()
+        log.info("search: dense training to the rewind point (epoch %d)", ctx.pruning_epoch)
+        ctx.train(model, "dense", pre, start_epoch=0, end_epoch=ctx.pruning_epoch)
+        pre.save_tensors("weights.pt", plain_state_dict(model))
+        pre.mark_done(epochs=ctx.pruning_epoch)
+
+    ctx.cache.stage("pretrain", {**ctx.upstream_spec(), "epochs": ctx.pruning_epoch}, pre, pretrain)
+    load_plain_state_dict(model, pre.load_tensors("weights.pt"))
     return model
 
 
@@ -82,7 +85,7 @@ def check_collapse(ctx: RunContext, report: dict[str, Any]) -> None:
 
 
 @torch.no_grad()
-def preservation(ctx: RunContext, model: nn.Module, masks: Masks) -> dict[str, Any]:
+def preservation(ctx: RunContext, out: StageDir, model: nn.Module, masks: Masks) -> dict[str, Any]:
     """How much of the dense function the hard mask keeps at the pruning point, before any retraining:
     every objective (task, forward/reverse KL against the unmasked network) on a fixed training subset,
     and test accuracy. BatchNorm runs on batch statistics, as in the CTS search."""
@@ -106,6 +109,7 @@ def preservation(ctx: RunContext, model: nn.Module, masks: Masks) -> dict[str, A
             with ctx.runtime.autocast():
                 correct += int((model(x).argmax(1) == y).sum())
             total += y.numel()
+    out.count("forward", 2 * int(targets.numel()) + total)
     return {"objective": values, "train_subset_acc": float((student.argmax(1) == targets).float().mean()),
             "test_acc": correct / total, "samples": int(targets.numel()), "batchnorm": "batch statistics"}
 
@@ -114,7 +118,8 @@ def run(ctx: RunContext, out: StageDir) -> dict[str, Any]:
     model = pruning_point(ctx, out)
     out.save_tensors("pruning_point.pt", plain_state_dict(model))
     pctx = PruneContext(model=model, data=ctx.data, cfg=ctx.cfg, runtime=ctx.runtime, out=out,
-                        seed=ctx.cfg.seed, density=ctx.target_density, trainer=ctx.train)
+                        seed=ctx.cfg.seed, density=ctx.target_density, trainer=ctx.train, cache=ctx.cache,
+                        upstream=ctx.upstream_spec())
     log.info("search: %s keeps %d of %d prunable weights (density %.5f)", ctx.label or ctx.cfg.pruner.name,
              pctx.keep, pctx.total, ctx.target_density)
     result = ctx.pruner.prune(pctx)
@@ -128,5 +133,5 @@ def run(ctx: RunContext, out: StageDir) -> dict[str, Any]:
     check_collapse(ctx, report)
     fresh = ctx.new_model()
     load_plain_state_dict(fresh, out.load_tensors("pruning_point.pt"))
-    out.save_json("metrics.json", {"pruner": result.info, "pruning_point": preservation(ctx, fresh, masks)})
+    out.save_json("metrics.json", {"pruner": result.info, "pruning_point": preservation(ctx, out, fresh, masks)})
     return {"kept": report["kept"], "total": report["total"]}

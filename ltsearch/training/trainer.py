@@ -134,8 +134,10 @@ class Trainer:
             for epoch in range(first, self.end_epoch):
                 record = self.train_epoch(epoch, lambda: bar.advance(task))
                 last = epoch + 1 == self.end_epoch
+                self.out.count("train", record["samples"])
                 if last or (epoch + 1 - self.start_epoch) % self.eval_every == 0:
                     test = evaluate(self.model, self.data, self.runtime, "test", self.cfg.eval_batch_size)
+                    self.out.count("forward", self.data.test_x.shape[0])
                     record.update(test_loss=test["loss"], test_acc=test["acc"])
                     bar.update(task, info=f"test acc {test['acc']:.4f}")
                 self.history.append(record)
@@ -184,7 +186,7 @@ class Trainer:
                 self._check(first_bad, epoch)
         self._check(first_bad, epoch)
         return {"epoch": epoch + 1, "lr": lr, "train_loss": float(loss_sum) / seen,
-                "train_acc": float(correct) / seen, "time": time.perf_counter() - t0}
+                "train_acc": float(correct) / seen, "samples": seen, "time": time.perf_counter() - t0}
 
     def _check(self, first_bad: torch.Tensor, epoch: int) -> None:
         step = int(first_bad)
