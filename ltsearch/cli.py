@@ -18,13 +18,16 @@ commands:
   resume RUN_DIR [OVERRIDES...]
                          continue a killed or stopped run in place (finished stages are skipped); extra
                          overrides may change runtime.* settings only
-  report DIR... [--csv FILE]
-                         table of the runs found below each DIR
+  report DIR... [--csv FILE] [--plots DIR] [--layers-at SPARSITY] [--no-plots]
+                         tables (method x sparsity: accuracy mean +- std over seeds, cost; sanity
+                         verdicts; failed runs) and PNG plots of the runs found below each DIR
 
 examples:
   ltsearch run                                        # quickstart: CTS-KL on MNIST-1D, a few CPU minutes
   ltsearch run pruner=cts_kl sparsity=0.993
   ltsearch run -m pruner=cts_kl,magnitude sparsity=0.9,0.99 seed=0,1
+  ltsearch run -m +sweep=paper_grid pruner=cts_kl    # density 0.8^k, k = 2..32, seeds 0-2 (summary in the sweep dir)
+  ltsearch report outputs/sweeps/<date> --csv results/summary.csv
   ltsearch run experiment=lenet_mnist pruner=magnitude sparsity=0.9 dataset.root=../shared/datasets
   ltsearch run --help                                 # config groups and options
   eval "$(ltsearch run -sc install=bash)"             # tab completion

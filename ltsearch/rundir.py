@@ -89,9 +89,11 @@ class StageDir:
 
     Stages may nest (e.g. `search/pretrain`): a child's clock also advances its parent's, so the wall
     time of a stage includes its parts, and time lost to a crash after the last checkpoint is not counted.
-    The same holds for the compute counters (`count`): samples passed through the network forward and
-    backward ("train") or forward only ("forward"), which results.json turns into FLOPs and
-    training-epoch equivalents of the dense model.
+    Compute counters (`count`): samples a folder passed through the network forward and backward
+    ("train") or forward only ("forward"); results.json turns them into FLOPs and training-epoch
+    equivalents of the dense model. A folder counts its own work; its completion marker adds the totals of
+    its finished children. A training loop stores `clock_state()` inside its checkpoints and restores it
+    with them, so time and counts always match the state a resumed run continues from.
     """
 
     def __init__(self, path: Path, parent: StageDir | None = None) -> None:
@@ -127,14 +129,29 @@ class StageDir:
     def count(self, kind: str, samples: int) -> None:
         """Record `samples` passed through the network ("train": forward + backward, "forward": forward)."""
         self.compute[kind] = self.compute.get(kind, 0) + int(samples)
-        if self.parent is not None:
-            self.parent.count(kind, samples)
+
+    def clock_state(self) -> dict[str, Any]:
+        return {"elapsed": self.elapsed(), "compute": dict(self.compute)}
+
+    def restore_clock(self, state: dict[str, Any]) -> None:
+        """Continue from the time and counts stored with a checkpoint."""
+        self._prior = float(state["elapsed"])
+        self._t0 = time.perf_counter()
+        self.compute = {k: int(v) for k, v in state["compute"].items()}
 
     def checkpoint_clock(self) -> None:
         """Persist elapsed time and compute; called whenever resumable progress is persisted."""
-        save_json(self.path / CLOCK, {"elapsed": self.elapsed(), "compute": self.compute})
+        save_json(self.path / CLOCK, self.clock_state())
         if self.parent is not None:
             self.parent.checkpoint_clock()
+
+    def total_compute(self) -> dict[str, int]:
+        """Own counts plus the totals recorded by finished child folders."""
+        total = dict(self.compute)
+        for marker in sorted(self.path.glob(f"*/{MARKER}")):
+            for kind, samples in load_json(marker).get("compute", {}).items():
+                total[kind] = total.get(kind, 0) + int(samples)
+        return total
 
     @property
     def done(self) -> bool:
@@ -145,7 +162,7 @@ class StageDir:
         return load_json(self.path / MARKER)
 
     def mark_done(self, **extra: Any) -> dict[str, Any]:
-        info = {"stage": self.name, "wall_time": self.elapsed(), "compute": dict(self.compute),
+        info = {"stage": self.name, "wall_time": self.elapsed(), "compute": self.total_compute(),
                 "finished": time.time(), **extra, "artifacts": dict(sorted(self.manifest.items()))}
         save_json(self.path / MARKER, info)
         if self.parent is not None:

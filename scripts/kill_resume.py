@@ -66,6 +66,7 @@ SMALL = [
     "sparsity=0.9",
     "runtime.progress=false",
     "runtime.threads=1",
+    "runtime.cache=false",  # resume is under test here, not reuse: both runs compute everything
 ]
 # The same, smaller and without the sanity stage: the version in the test suite (a few seconds per run).
 TINY = [
@@ -81,6 +82,7 @@ TINY = [
     "sparsity=0.9",
     "runtime.progress=false",
     "runtime.threads=1",
+    "runtime.cache=false",  # resume is under test here, not reuse: both runs compute everything
     "stages=[search,rewind,retrain,evaluate]",
 ]
 TMP_MARK = ".tmp-"

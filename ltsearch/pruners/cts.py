@@ -291,6 +291,7 @@ class CTSPruner(Pruner):
         state = checkpoints.latest()
         if state is not None:
             search.load_state_dict(state)
+            work.restore_clock(state["clock"])
             history, first = list(state["history"]), int(state["epoch"])
             log.info("cts: resuming the search at epoch %d/%d", first, epochs)
         log.info("cts: %d search epochs, objective %s, control %s, %d logits, target density %.5f", epochs,
@@ -309,9 +310,11 @@ class CTSPruner(Pruner):
                 history.append(record)
                 bar.update(task, info=f"R {record['objective']:.4f} E[d] {record['expected_density']:.5f}")
                 _log_epoch(record, epochs, search.objective_name)
-                checkpoints.save(epoch + 1, {"epoch": epoch + 1, "history": history, **search.state_dict()})
+                checkpoints.save(epoch + 1, {"epoch": epoch + 1, "history": history, "clock": work.clock_state(),
+                                             **search.state_dict()})
                 save_json(work.path / "metrics.json", history)
                 work.checkpoint_clock()
+        work.mark_done(epochs=epochs)
         scores = search.scores()
         info = {"epochs": epochs, "objective": search.objective_name, "control": Control(cfg.control).value,
                 "final": history[-1] if history else None, "history": history}

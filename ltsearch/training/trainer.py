@@ -96,6 +96,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "history": self.history,
             "torch_rng": torch.get_rng_state(),
+            "clock": self.out.clock_state(),
         }
         if torch.cuda.is_available():
             state["cuda_rng"] = torch.cuda.get_rng_state_all()
@@ -111,6 +112,8 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.history = list(state["history"])
         torch.set_rng_state(state["torch_rng"])
+        if "clock" in state:
+            self.out.restore_clock(state["clock"])
         if "cuda_rng" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         log.info("%s: resuming at epoch %d/%d from a checkpoint", self.out.path.name, state["epoch"], self.end_epoch)
