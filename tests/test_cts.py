@@ -107,6 +107,8 @@ def test_lagrange_control_ascends_on_the_multiplier_without_slack():
 def test_logistic_noise_and_soft_mask():
     gen = generator(0, "test-noise")
     noise = logistic_noise(200_000, gen, torch.device("cpu"))
+    assert torch.equal(logistic_noise(200_000, generator(0, "test-noise"), torch.device("cpu")), noise)
+    assert not torch.equal(logistic_noise(200_000, gen, torch.device("cpu")), noise)  # fresh every step
     assert abs(float(noise.mean())) < 0.02
     assert float(noise.var()) == pytest.approx(math.pi**2 / 3, rel=0.03)  # logistic(0, 1)
     theta = torch.full((200_000,), math.log(0.3 / 0.7))
