@@ -63,24 +63,8 @@ BASELINES: dict[str, list[str]] = {
     "synflow": ["pruner=synflow"],
     "ltr": ["pruner=ltr"],
 }
-OPTIONAL = {"cts_kl": ["pruner=cts_kl"], "cts": ["pruner=cts"]}  # when the installed ltsearch has them
+CTS = {"cts_kl": ["pruner=cts_kl"], "cts": ["pruner=cts"]}
 QUICK = ["train.epochs=2", "dataset.train_subset=2000", "dataset.test_subset=2000"]
-
-
-def available_optional() -> dict[str, list[str]]:
-    """CTS methods whose pruner option exists and whose pruner is registered."""
-    from importlib.resources import files
-
-    from omegaconf import OmegaConf
-
-    from ltsearch.pruners import registry
-
-    found = {}
-    for label, overrides in OPTIONAL.items():
-        option = files("ltsearch.conf").joinpath("pruner", f"{label}.yaml")
-        if option.is_file() and OmegaConf.create(option.read_text()).get("name") in registry():
-            found[label] = overrides
-    return found
 
 
 def run_dir(out: Path, method: str, sparsity: float, seed: int) -> Path:
@@ -167,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "bench_baselines")
     parser.add_argument("--data-root", type=Path, default=DEFAULT_ROOT, help="folder holding MNIST/raw/")
-    parser.add_argument("--methods", nargs="+", help="subset of the methods (default: all available)")
+    parser.add_argument("--methods", nargs="+", help="subset of the methods (default: all)")
     parser.add_argument("--sparsities", nargs="+", type=float, default=[0.9, 0.99, 0.993])
     parser.add_argument("--seeds", nargs="+", type=int)
     parser.add_argument("--quick", action="store_true", help="verification: " + " ".join(QUICK) + ", seed 0")
@@ -176,11 +160,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="list the runs and their commands, run nothing")
     args = parser.parse_args(argv)
 
-    methods = {**BASELINES, **available_optional()}
+    methods = {**BASELINES, **CTS}
     if args.methods:
         unknown = [m for m in args.methods if m not in methods]
         if unknown:
-            parser.error(f"unknown or unavailable method(s) {unknown}; available: {', '.join(methods)}")
+            parser.error(f"unknown method(s) {unknown}; known: {', '.join(methods)}")
         methods = {m: methods[m] for m in args.methods}
     seeds = args.seeds or ([0] if args.quick else [0, 1])
     common = ["experiment=lenet_mnist", f"dataset.root={args.data_root}", STAGES, "runtime.progress=false",

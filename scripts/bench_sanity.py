@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Benchmark of the sanity checks on LeNet-300-100 / real MNIST (GitHub issue 5).
 
-For each method (CTS-KL, LTR, SNIP, SynFlow: those the installed ltsearch has) and seed, one run through
+For each method (CTS-KL, LTR, SNIP, SynFlow) and seed, one run through
 the CLI into `OUT/runs/<method>/sparsity_<s>/seed_<k>`:
 
     python -m ltsearch run experiment=lenet_mnist dataset.root=ROOT pruner=<option> sparsity=0.99 seed=<k> \
@@ -42,6 +42,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_baselines import run_dir  # noqa: E402
 from benchlib import ensure_run  # noqa: E402
 
 from ltsearch.report import SEED_RULE, Report, build_report, write_report  # noqa: E402
@@ -51,26 +52,6 @@ DEFAULT_ROOT = REPO.parent / "shared" / "datasets"
 STAGES = "stages=[search,rewind,retrain,sanity,evaluate]"
 METHODS = {"cts_kl": "pruner=cts_kl", "ltr": "pruner=ltr", "snip": "pruner=snip", "synflow": "pruner=synflow"}
 QUICK = ["train.epochs=2", "dataset.train_subset=2000", "dataset.test_subset=2000"]
-
-
-def available(methods: dict[str, str]) -> dict[str, str]:
-    """The methods whose pruner option ships with the installed ltsearch and whose pruner is registered."""
-    from importlib.resources import files
-
-    from omegaconf import OmegaConf
-
-    from ltsearch.pruners import registry
-
-    found = {}
-    for label, override in methods.items():
-        option = files("ltsearch.conf").joinpath("pruner", f"{override.split('=')[1]}.yaml")
-        if option.is_file() and OmegaConf.create(option.read_text()).get("name") in registry():
-            found[label] = override
-    return found
-
-
-def run_dir(out: Path, method: str, sparsity: float, seed: int) -> Path:
-    return out / "runs" / method / f"sparsity_{sparsity}" / f"seed_{seed}"
 
 
 def pct(value: float, digits: int = 2) -> str:
@@ -107,13 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0, help="runtime.threads of every run (0 = torch default)")
     args = parser.parse_args(argv)
 
-    methods = available(METHODS)
+    methods = dict(METHODS)
     if args.methods:
         unknown = [m for m in args.methods if m not in methods]
         if unknown:
-            parser.error(f"unknown or unavailable method(s) {unknown}; available: {', '.join(methods)}")
+            parser.error(f"unknown method(s) {unknown}; known: {', '.join(methods)}")
         methods = {m: methods[m] for m in args.methods}
-    missing = sorted(set(METHODS) - set(available(METHODS)))
     common = ["experiment=lenet_mnist", f"dataset.root={args.data_root}", STAGES, "runtime.progress=false",
               f"runtime.device={args.device}", f"runtime.threads={args.threads}", *(QUICK if args.quick else [])]
 
@@ -122,8 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.cuda.get_device_name() if torch.cuda.is_available() and args.device != "cpu" else (
         f"CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()})")
     print(f"# bench_sanity: {', '.join(methods)} at sparsity {args.sparsity}, seeds {args.seeds}; {device}; "
-          f"torch {torch.__version__}{'; QUICK mode' if args.quick else ''}"
-          f"{f'; not available: {missing}' if missing else ''}", flush=True)
+          f"torch {torch.__version__}{'; QUICK mode' if args.quick else ''}", flush=True)
 
     t0 = time.perf_counter()
     jobs = [(m, o, seed) for seed in args.seeds for m, o in methods.items()]
