@@ -8,7 +8,8 @@ their pruner (one file per method) and are registered as `schema_pruner_<name>`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import MISSING as MISSING_FIELD
+from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
 from typing import Any
 
@@ -347,3 +348,24 @@ def compose(*overrides: str) -> Config:
     with initialize_config_module(config_module="ltsearch.conf", version_base="1.3"):
         cfg = hydra_compose(config_name="config", overrides=list(overrides))
     return to_config(cfg)
+
+
+def schema_defaults(cfg: Config) -> dict[str, Any]:
+    """Dotted key -> the schema's default value, for every key of `cfg` whose dataclass field has a
+    default (enums as names), e.g. {"sanity.margin": 0.005, "pruner.lr": 0.1, ...}."""
+    out: dict[str, Any] = {}
+
+    def walk(obj: Any, prefix: str) -> None:
+        for f in fields(obj):
+            value = getattr(obj, f.name)
+            if is_dataclass(value):
+                walk(value, f"{prefix}{f.name}.")
+            elif f.default is not MISSING_FIELD:
+                out[prefix + f.name] = f.default.value if isinstance(f.default, Enum) else f.default
+            elif f.default_factory is not MISSING_FIELD:
+                default = f.default_factory()
+                out[prefix + f.name] = [v.value if isinstance(v, Enum) else v for v in default] \
+                    if isinstance(default, list) else default
+
+    walk(cfg, "")
+    return out

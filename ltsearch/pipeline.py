@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ltsearch.cache import ArtifactCache, default_cache_dir
-from ltsearch.config import RUNTIME_KEYS, STAGE_ORDER, Config, When, config_container
+from ltsearch.config import RUNTIME_KEYS, STAGE_ORDER, Config, When, config_container, schema_defaults
 from ltsearch.data import Data, build_data
 from ltsearch.errors import ConfigError, ResumeError
 from ltsearch.models import build_model
@@ -125,7 +125,7 @@ def check_record(run_dir: Path, cfg: Config, overrides: list[str], label: str) -
         write_record(run_dir, current, overrides, label)
         return
     recorded = read_record(run_dir)["config"]
-    diff = config_diff(recorded, current, ignore=RUNTIME_KEYS)
+    diff = config_diff(recorded, current, ignore=RUNTIME_KEYS, defaults=schema_defaults(cfg))
     if diff:
         shown = [d.strip() for d in diff[:6]] + ([f"{len(diff) - 6} more"] if len(diff) > 6 else [])
         raise ResumeError(

@@ -252,12 +252,18 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: tree}
 
 
-def config_diff(recorded: dict[str, Any], current: dict[str, Any], ignore: tuple[str, ...]) -> list[str]:
-    """Per-key differences, one line each, skipping keys under `ignore` prefixes."""
+def config_diff(recorded: dict[str, Any], current: dict[str, Any], ignore: tuple[str, ...],
+                defaults: dict[str, Any] | None = None) -> list[str]:
+    """Per-key differences, one line each, skipping keys under `ignore` prefixes. A key the record lacks
+    (added by a later ltsearch version) is no difference when it holds its default (`defaults`, by
+    dotted key): the recorded run computed with that behaviour."""
     old, new = flatten(recorded), flatten(current)
+    defaults = defaults or {}
     lines = []
     for key in sorted(set(old) | set(new)):
         if any(key == p or key.startswith(p + ".") for p in ignore):
+            continue
+        if key not in old and key in defaults and new.get(key) == defaults[key]:
             continue
         a, b = old.get(key, "<absent>"), new.get(key, "<absent>")
         if a != b:

@@ -93,3 +93,15 @@ def test_same_seed_same_numbers(tmp_path, tiny):
     mc = torch.load(tmp_path / "c" / "search" / "mask.pt", weights_only=True)
     assert not all(torch.equal(ma[k], mc[k]) for k in ma)
     assert c["test_loss"] != a["test_loss"]
+
+
+def test_keys_added_by_a_later_version_do_not_block_a_resume_at_their_default(tmp_path, tiny):
+    """A run recorded before `sanity.margin` existed resumes if the key holds its default, not otherwise."""
+    run_pipeline(make_config(*tiny, "pruner=magnitude", "stages=[search]"), tmp_path)
+    record = json.loads((tmp_path / "run.json").read_text())
+    del record["config"]["sanity"]["margin"]  # as if written by an older ltsearch
+    (tmp_path / "run.json").write_text(json.dumps(record))
+    run_pipeline(make_config(*tiny, "pruner=magnitude", "stages=[search,rewind]"), tmp_path)
+    assert (tmp_path / "rewind" / "DONE.json").exists()
+    with pytest.raises(ResumeError, match="sanity.margin: '<absent>' \\(recorded\\) -> 0.02"):
+        run_pipeline(make_config(*tiny, "pruner=magnitude", "sanity.margin=0.02"), tmp_path)

@@ -45,7 +45,8 @@ def run(ctx: RunContext, out: StageDir) -> dict[str, Any]:
     times = {s: info["wall_time"] for s, info in done.items()}
     # the cost of finding and training the ticket; the sanity checks are listed, not counted
     counted = tuple(s for s in STAGE_ORDER if s != "sanity")
-    stages = {**done, "evaluate": {"wall_time": out.elapsed(), "compute": dict(out.compute)}}
+    elapsed = out.elapsed()  # this stage's time up to the record (writing it is not counted)
+    stages = {**done, "evaluate": {"wall_time": elapsed, "compute": dict(out.compute)}}
     cost = cost_summary(ctx.run_dir, stages, flops_per_sample(ctx.new_model(), ctx.data.input_shape,
                                                              ctx.runtime.device),
                         ctx.data.train_x.shape[0], counted)
@@ -72,8 +73,8 @@ def run(ctx: RunContext, out: StageDir) -> dict[str, Any]:
                        "unprunable": total_params - measured["total"]},
         "pruning_point": search.load_json("metrics.json") if search.done else None,
         # total = the cost of finding and training the ticket; the sanity checks are listed, not counted.
-        "wall_time": {**times, "evaluate": out.elapsed(),
-                      "total": sum(t for s, t in times.items() if s != "sanity") + out.elapsed()},
+        "wall_time": {**times, "evaluate": elapsed,
+                      "total": sum(t for s, t in times.items() if s != "sanity") + elapsed},
         "sanity": ctx.stage("sanity").load_json("sanity.json") if ctx.stage("sanity").done else None,
         "cost": cost,
         "config": config_container(ctx.cfg),
