@@ -253,3 +253,24 @@ def test_in_place_masking_matches_training_under_the_parametrization(tmp_path, o
         finals.append(plain_state_dict(model))
     for key in finals[0]:
         assert torch.equal(finals[0][key], finals[1][key]), key
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager_on_a_masked_model(tmp_path):
+    """runtime.compile=true (torch.compile, inductor on the CPU) trains a masked model to the same numbers."""
+    histories = []
+    for compiled in (False, True):
+        cfg = make_config("dataset=fake", "dataset.train_size=128", "dataset.test_size=64", "model=mlp1d",
+                          "model.hidden=[16]", "train=tiny", "train.epochs=2", "runtime.progress=false",
+                          f"runtime.compile={str(compiled).lower()}")
+        data = build_data(cfg.dataset)
+        model = build_model(cfg.model, data.input_shape, data.num_classes, 0)
+        scores = {n: w.abs() for n, w in prunable_weights(model).items()}
+        attach_masks(model, topk_masks(scores, sum(s.numel() for s in scores.values()) // 4))
+        trainer = Trainer(model=model, data=data, cfg=cfg.train, runtime=Runtime.from_config(cfg.runtime),
+                          out=StageDir(tmp_path / str(compiled)).start(), seed=0, key="c", start_epoch=0)
+        histories.append(trainer.fit())
+        assert masks_of(model)  # masks attached again after training
+    for eager, compiled in zip(*histories, strict=True):
+        assert compiled["test_loss"] == pytest.approx(eager["test_loss"], rel=1e-4)
+        assert compiled["train_loss"] == pytest.approx(eager["train_loss"], rel=1e-4)
