@@ -107,9 +107,13 @@ def read_run(run_dir: Path) -> RunData:
     if results is not None:
         pp = (results.get("pruning_point") or {}).get("pruning_point") or {}
         times = results.get("wall_time", {})
+        cost = results.get("cost") or {}
         row.update(status="done", test_acc=results["test_acc"], acc_before_retrain=pp.get("test_acc"),
                    density=results["density"]["target"], measured_density=results["density"]["measured"],
-                   **{f"time_{s}": times.get(s) for s in STAGE_ORDER}, total_time=times.get("total"))
+                   **{f"time_{s}": times.get(s) for s in STAGE_ORDER}, total_time=times.get("total"),
+                   # hardware-independent: dense training epochs, including upstream work reused from the cache
+                   cost_epochs=(cost.get("total_with_reused") or {}).get("epochs"),
+                   cost_flops=(cost.get("total_with_reused") or {}).get("flops"))
         for i, (name, layer) in enumerate(results.get("layers", {}).items()):
             data.layers.append({**ident, "layer": name, "index": i, "density": layer["density"],
                                 "kept": layer["kept"], "total": layer["total"]})
@@ -186,6 +190,9 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
             column = f"time_{stage}"
             values = pd.to_numeric(done.get(column, pd.Series(dtype=float)), errors="coerce")
             row[f"{column}_s"] = float(values.mean()) if values.notna().any() else float("nan")
+        for column in ("cost_epochs", "cost_flops"):
+            values = pd.to_numeric(done.get(column, pd.Series(dtype=float)), errors="coerce")
+            row[column] = float(values.mean()) if values.notna().any() else float("nan")
         total = pd.to_numeric(done.get("total_time", pd.Series(dtype=float)), errors="coerce")
         row["total_time_s"] = float(total.mean()) if total.notna().any() else float("nan")
         row["total_time_all_seeds_s"] = float(total.sum()) if total.notna().any() else float("nan")
@@ -257,7 +264,8 @@ def summary_table(summary: pd.DataFrame) -> Table:
     extra = [c for c in ("dataset", "model") if _several(summary, c)]
     stages = [s for s in STAGE_ORDER if summary.get(f"time_{s}_s", pd.Series(dtype=float)).notna().any()]
     for column in [*extra, "method", "sparsity", "density", "seeds", "test acc", "acc before retrain",
-                   "measured density", *[f"{s} s" for s in stages], "total s", "failed", "unfinished"]:
+                   "measured density", *[f"{s} s" for s in stages], "total s", "cost (epochs)", "failed",
+                   "unfinished"]:
         table.add_column(column, overflow="fold")
     for _, r in summary.iterrows():
         table.add_row(*[str(r[c]) for c in extra], str(r["method"]), f"{r['sparsity']:g}", f"{r['density']:.5g}",
@@ -265,8 +273,10 @@ def summary_table(summary: pd.DataFrame) -> Table:
                       _pm(r["test_acc_mean"], r["test_acc_std"]),
                       _pm(r["acc_before_retrain_mean"], r["acc_before_retrain_std"]),
                       _fmt(r["measured_density"], 6), *[_fmt(r[f"time_{s}_s"], 1) for s in stages],
-                      _fmt(r["total_time_s"], 1), str(r["n_failed"] or ""), str(r["n_unfinished"] or ""))
-    table.caption = "total s = mean wall time of one run without the sanity checks"
+                      _fmt(r["total_time_s"], 1), _fmt(r.get("cost_epochs"), 1), str(r["n_failed"] or ""),
+                      str(r["n_unfinished"] or ""))
+    table.caption = ("total s = mean wall time of one run without the sanity checks; cost = its compute in "
+                     "training epochs of the dense model (FLOPs), including upstream work reused from the cache")
     return table
 
 
