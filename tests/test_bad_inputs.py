@@ -31,8 +31,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `python tests/test_bad_inputs.py`
     sys.path.insert(0, str(REPO))
 
-# Small and fast: synthetic data, a small MLP, 3 epochs, no sanity stage.
-FAST = ["dataset=fake", "dataset.train_size=256", "dataset.test_size=128", "model=mlp1d", "model.hidden=[32,32]",
+# Small and fast: synthetic data, a small MLP, 3 epochs, magnitude pruning (no search training), no sanity stage.
+FAST = ["pruner=magnitude", "dataset=fake", "dataset.train_size=256", "dataset.test_size=128", "model=mlp1d", "model.hidden=[32,32]",
         "train=tiny", "runtime.progress=false", "stages=[search,rewind,retrain,evaluate]"]
 IMAGES = ["model=mlp1d", "model.hidden=[16]", "train=tiny", "runtime.progress=false",
           "stages=[search,rewind,retrain,evaluate]"]
