@@ -20,9 +20,11 @@ from ltsearch.pruners.cts import (
     Control,
     CTSConfig,
     SparsityControl,
+    build_search,
     drop_epoch,
     gradbalance_lambda,
     logistic_noise,
+    per_sample_function,
     search_epochs,
     soft_mask,
     sparsity_error,
@@ -229,3 +231,51 @@ def test_cts_kl_preselects_reverse_kl_and_an_explicit_objective_wins():
     assert make_config("pruner=cts").objective.name.value == "task"
     with pytest.raises(Exception, match="slack"):
         make_config("pruner=cts", "pruner.slack=0.5")
+
+
+# -- the cached teacher ------------------------------------------------------------------------------------
+def _epochs(cfg, tmp_path, epochs: int):
+    ctx = _prune_context(cfg, tmp_path)
+    search = build_search(ctx, cfg.pruner)
+    records = [search.run_epoch(ctx.data, 64, cfg.seed, e) for e in range(epochs)]
+    return search, records, ctx
+
+
+def test_cached_teacher_logits_give_the_same_search_as_a_teacher_run_every_step(tmp_path):
+    mlp = [*CTS_TINY, "model=mlp1d", "model.hidden=[32,32]", "pruner=cts_kl", "sparsity=0.9"]
+    cached, rec_c, ctx = _epochs(make_config(*mlp), tmp_path / "c", 3)
+    fresh, rec_f, _ = _epochs(make_config(*mlp, "pruner.cache_teacher=false"), tmp_path / "f", 3)
+    n = ctx.data.train_x.shape[0]
+    assert [r["teacher_samples"] for r in rec_c] == [n, 0, 0]  # one forward pass for the whole search
+    assert [r["teacher_samples"] for r in rec_f] == [n, n, n]
+    assert fresh.cached_teacher is None
+    # the cache holds exactly the unmasked network's logits, in dataset order
+    x, _ = ctx.data.train_batch(torch.arange(n))
+    with torch.no_grad():
+        torch.testing.assert_close(cached.cached_teacher, ctx.model(x), rtol=1e-5, atol=1e-6)
+    # the same search up to float rounding (batches of a different composition)
+    torch.testing.assert_close(cached.theta, fresh.theta, rtol=1e-4, atol=1e-4)
+    for a, b in zip(rec_c, rec_f, strict=True):
+        assert a["objective"] == pytest.approx(b["objective"], rel=1e-4)
+
+
+def test_teacher_is_not_cached_when_batch_composition_or_dropout_changes_it(tmp_path):
+    bn, records, ctx = _epochs(make_config(*CTS_TINY, "pruner=cts_kl", "sparsity=0.9"), tmp_path / "bn", 2)
+    assert "BatchNorm" in bn.teacher_cache_reason(ctx.data)
+    assert bn.cached_teacher is None
+    assert [r["teacher_samples"] for r in records] == [256, 256]
+    task, records, ctx = _epochs(make_config(*CTS_TINY, "model=mlp1d", "pruner=cts", "sparsity=0.9"),
+                                 tmp_path / "task", 1)
+    assert task.cached_teacher is None and records[0]["teacher_samples"] == 0
+    dropout = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Dropout(0.5))
+    assert not per_sample_function(dropout.train())
+    assert per_sample_function(dropout.eval())
+    assert not per_sample_function(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4)).eval())
+
+
+def test_search_stage_counts_one_teacher_pass_when_cached(tmp_path):
+    overrides = [*CTS_TINY, "model=mlp1d", "model.hidden=[32,32]", "pruner=cts_kl", "sparsity=0.9",
+                 "stages=[search]"]
+    run_pipeline(make_config(*overrides), tmp_path / "run")
+    done = json.loads((tmp_path / "run" / "search" / "cts" / "DONE.json").read_text())
+    assert done["compute"] == {"train": 3 * 256, "forward": 256}

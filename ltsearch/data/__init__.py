@@ -80,13 +80,22 @@ class Data:
     def train_batches(self, batch_size: int, gen: torch.Generator, augment: bool = True,
                       device: torch.device | None = None) -> Iterator[tuple[Tensor, Tensor]]:
         """One epoch of shuffled training batches (the last one may be smaller)."""
-        order = torch.randperm(self.train_x.shape[0], generator=gen)
-        for start in range(0, order.numel(), batch_size):
-            idx = order[start: start + batch_size].to(self.device)
-            x = self.prepare(self.train_x[idx], device)
+        for idx in self.train_order(batch_size, gen):
+            x, y = self.train_batch(idx, device)
             if augment:
                 x = augment_batch(x, self.augment, gen)
-            yield x, self.train_y[idx].to(x.device, non_blocking=True)
+            yield x, y
+
+    def train_order(self, batch_size: int, gen: torch.Generator) -> Iterator[Tensor]:
+        """The sample indices of one epoch's batches, from one seeded permutation (on the data's device)."""
+        order = torch.randperm(self.train_x.shape[0], generator=gen)
+        for start in range(0, order.numel(), batch_size):
+            yield order[start: start + batch_size].to(self.device)
+
+    def train_batch(self, idx: Tensor, device: torch.device | None = None) -> tuple[Tensor, Tensor]:
+        """The un-augmented training samples `idx` as network inputs and labels on `device`."""
+        x = self.prepare(self.train_x[idx], device)
+        return x, self.train_y[idx].to(x.device, non_blocking=True)
 
     def eval_batches(self, split: str, batch_size: int, device: torch.device | None = None,
                      limit: int = 0) -> Iterator[tuple[Tensor, Tensor]]:

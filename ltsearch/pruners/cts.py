@@ -12,6 +12,11 @@ lambda* = ||g_task|| / ||g_sp|| while s_err > 0 (else 0), smoothed by an EMA of 
 coefficient: rescaling the objective rescales lambda* identically. The `lagrange` control is the
 paper's ablation (a multiplier updated by gradient ascent, no slack). The final mask is the exact global
 top-k of theta; theta itself is saved as the method's scores (the inverted-mask sanity check uses it).
+
+The KL objectives need the teacher's logits for every batch. When the network is a per-sample function
+(no BatchNorm, no active dropout) they are computed once per search and looked up afterwards
+(`pruner.cache_teacher`): the weights are frozen and the search never augments, so each sample's teacher
+logits are the same in every epoch.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ log = logging.getLogger(__name__)
 
 LENGTHS = {"short": 0.125, "half": 0.5, "long": 1.0}
 NOISE_CLAMP = 1e-10
+TEACHER_CACHE_LIMIT = 1 << 30  # bytes of cached teacher logits beyond which the teacher runs every step
 
 
 class Control(str, Enum):
@@ -76,6 +82,8 @@ class CTSConfig(PrunerConfig):
     # bf16 autocast for the search's forward passes on CUDA: opt-in until scripts/check_cts_bf16.py has
     # shown on a GPU that it selects the same mask as fp32 up to seed noise.
     autocast: bool = False
+    # compute the teacher's logits once per search when that gives the same logits (see the module doc)
+    cache_teacher: bool = True
 
     def __post_init__(self) -> None:
         if self.epochs < 0:
@@ -191,6 +199,24 @@ class LogitLayout:
         return {n: self.weights[n] * m for n, m in self.split(mask).items()}
 
 
+def per_sample_function(model: nn.Module) -> bool:
+    """True when the network's output for a sample depends on that sample alone: no BatchNorm (the search
+    runs it on batch statistics, which couple the samples of a batch) and no active dropout."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            return False
+        if isinstance(m, nn.modules.dropout._DropoutNd) and m.training and m.p > 0:
+            return False
+    return True
+
+
+def teacher_logits(model: nn.Module, data: Data, batch_size: int, device: torch.device,
+                   autocast: Callable[[], Any]) -> Tensor:
+    """The unmasked network's logits for every training sample, in dataset order (no augmentation)."""
+    with torch.no_grad(), autocast():
+        return torch.cat([model(x).float() for x, _ in data.eval_batches("train", batch_size, device)])
+
+
 class ConcreteSearch:
     """The optimisation state of one search (theta, Adam, the sparsity control) and its steps.
 
@@ -215,14 +241,27 @@ class ConcreteSearch:
         self.optimizer = torch.optim.Adam([self.theta], lr=cfg.lr, fused=self.device.type in ("cpu", "cuda"))
         self.control = SparsityControl(cfg, density, cfg.lr)
         self.s_err = 0.0
+        self.cached_teacher: Tensor | None = None
 
-    def step(self, x: Tensor, y: Tensor, noise_gen: torch.Generator) -> float:
-        """One minibatch: fresh noise, soft mask, objective, GradBalance gradient, Adam step."""
-        teacher = None
-        if self.needs_teacher:
+    def teacher_cache_reason(self, data: Data) -> str | None:
+        """Why the teacher's logits cannot be cached for this search (None: they can)."""
+        if not self.needs_teacher:
+            return "the objective needs no teacher"
+        if not self.cfg.cache_teacher:
+            return "pruner.cache_teacher=false"
+        if not per_sample_function(self.model):
+            return "the network has BatchNorm or active dropout"
+        nbytes = data.train_x.shape[0] * data.num_classes * 4
+        if nbytes > TEACHER_CACHE_LIMIT:
+            return f"the logits would take {nbytes / 2**20:.0f} MiB"
+        return None
+
+    def step(self, x: Tensor, y: Tensor, noise: Tensor, teacher: Tensor | None = None) -> float:
+        """One minibatch: soft mask from this step's fresh `noise`, objective, GradBalance gradient, Adam
+        step. `teacher`: the unmasked network's logits for `x` when already known."""
+        if self.needs_teacher and teacher is None:
             with torch.no_grad(), self.autocast():
                 teacher = self.model(x).float()
-        noise = logistic_noise(self.layout.total, noise_gen, self.device)
         mask = soft_mask(self.theta, noise, self.cfg.temperature)
         with self.autocast():
             student = functional_call(self.model, self.layout.masked_weights(mask), (x,))
@@ -234,14 +273,25 @@ class ConcreteSearch:
 
     def run_epoch(self, data: Data, batch_size: int, seed: int, epoch: int,
                   advance: Callable[[], None] = lambda: None) -> dict[str, Any]:
-        """One pass over the (un-augmented) training set; data order and noise seeded by the epoch."""
+        """One pass over the (un-augmented) training set; data order and noise seeded by the epoch.
+
+        The first epoch of a search whose teacher can be cached computes the cache (one forward pass)."""
         t0 = time.perf_counter()
+        teacher_samples = 0
+        if self.cached_teacher is None and self.teacher_cache_reason(data) is None:
+            self.cached_teacher = teacher_logits(self.model, data, batch_size, self.device, self.autocast)
+            teacher_samples = data.train_x.shape[0]
         data_gen = generator(seed, "cts", "epoch", epoch)
         noise_gen = generator(seed, "cts", "noise", epoch, device=self.device)
         total, seen = 0.0, 0
-        for x, y in data.train_batches(batch_size, data_gen, augment=False, device=self.device):
-            total += self.step(x, y, noise_gen) * y.numel()
+        for idx in data.train_order(batch_size, data_gen):
+            x, y = data.train_batch(idx, self.device)
+            teacher = None if self.cached_teacher is None else self.cached_teacher[idx.to(self.device)]
+            noise = logistic_noise(self.layout.total, noise_gen, self.device)
+            total += self.step(x, y, noise, teacher) * y.numel()
             seen += y.numel()
+            if self.needs_teacher and teacher is None:
+                teacher_samples += y.numel()
             advance()
         with torch.no_grad():
             expected = float(torch.sigmoid(self.theta).mean())
@@ -249,7 +299,7 @@ class ConcreteSearch:
         return {"epoch": epoch + 1, "objective": total / seen, "expected_density": expected,
                 "density_theta_positive": positive, "target_density": self.density,
                 "lambda": self.control.lam, "s_err": self.s_err, "lr": self.optimizer.param_groups[0]["lr"],
-                "samples": seen, "time": time.perf_counter() - t0}
+                "samples": seen, "teacher_samples": teacher_samples, "time": time.perf_counter() - t0}
 
     def drop_lr(self, factor: float) -> None:
         for group in self.optimizer.param_groups:
@@ -301,6 +351,10 @@ class CTSPruner(Pruner):
             log.info("cts: resuming the search at epoch %d/%d", first, epochs)
         log.info("cts: %d search epochs, objective %s, control %s, %d logits, target density %.5f", epochs,
                  search.objective_name, Control(cfg.control).value, search.layout.total, ctx.density)
+        if search.needs_teacher:
+            reason = search.teacher_cache_reason(ctx.data)
+            log.info("cts: %s", "teacher logits computed once and reused every epoch" if reason is None
+                     else f"teacher runs every step ({reason})")
         steps = math.ceil(ctx.data.train_x.shape[0] / batch)
         with batch_statistics(ctx.model), progress_bar(ctx.runtime.progress) as bar:
             task = bar.add_task("cts search", total=(epochs - first) * steps, info="")
@@ -308,10 +362,10 @@ class CTSPruner(Pruner):
                 if epoch == drop:  # once: a state resumed from a later epoch already has the lower lr
                     search.drop_lr(cfg.lr_drop_factor)
                 record = search.run_epoch(ctx.data, batch, ctx.seed, epoch, lambda: bar.advance(task))
-                # a masked forward + backward per sample, and the teacher's forward for the KL objectives
+                # a masked forward + backward per sample, and the teacher's forwards (KL objectives)
                 work.count("train", record["samples"])
-                if search.needs_teacher:
-                    work.count("forward", record["samples"])
+                if record["teacher_samples"]:
+                    work.count("forward", record["teacher_samples"])
                 history.append(record)
                 bar.update(task, info=f"R {record['objective']:.4f} E[d] {record['expected_density']:.5f}")
                 _log_epoch(record, epochs, search.objective_name)
