@@ -8,7 +8,7 @@ run directory never mixes the results of two configs.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -55,7 +55,12 @@ class RunContext:
     def data(self) -> Data:
         data = build_data(self.cfg.dataset)
         nbytes = sum(t.element_size() * t.numel() for t in (data.train_x, data.test_x))
-        return data.to(self.runtime.data_device(nbytes))
+        where = self.runtime.data_device(nbytes)
+        if where.type == "cpu" and self.runtime.device.type == "cuda":
+            log.info("dataset (%.2f GiB) kept in host memory: batches are gathered into pinned memory one step "
+                     "ahead and copied asynchronously", nbytes / 2**30)
+            return replace(data, host_prefetch=True)
+        return data.to(where)
 
     @property
     def pruner(self) -> Pruner:

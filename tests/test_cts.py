@@ -250,7 +250,7 @@ def test_cached_teacher_logits_give_the_same_search_as_a_teacher_run_every_step(
     assert [r["teacher_samples"] for r in rec_f] == [n, n, n]
     assert fresh.cached_teacher is None
     # the cache holds exactly the unmasked network's logits, in dataset order
-    x, _ = ctx.data.train_batch(torch.arange(n))
+    x, _ = next(ctx.data.train_batches_at([torch.arange(n)]))
     with torch.no_grad():
         torch.testing.assert_close(cached.cached_teacher, ctx.model(x), rtol=1e-5, atol=1e-6)
     # the same search up to float rounding (batches of a different composition)

@@ -4,6 +4,8 @@ fake data, subsets, augmentation on the device, seeded samples."""
 from __future__ import annotations
 
 import tarfile
+import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ import torch.nn.functional as F
 
 from ltsearch.data import Data, build_data
 from ltsearch.data.augment import augment_batch, random_crop, random_flip
+from ltsearch.data.prefetch import prefetched
 from ltsearch.errors import DataError
 from tests.conftest import make_config
 
@@ -262,6 +265,52 @@ def test_train_batches_are_seeded_and_cover_the_epoch():
         sorted(data.prepare(data.train_x).sum(dim=(1, 2, 3)).tolist()), rel=1e-5)
     evals = list(data.eval_batches("test", 100, limit=150))
     assert sum(y.numel() for _, y in evals) == 150
+
+
+# -- host prefetch (data kept in host memory while training on CUDA) ---------------------------------------
+def test_prefetched_yields_in_order_computes_one_ahead_and_raises_where_it_failed():
+    calls: list[int] = []
+    workers: set[str] = set()
+
+    def fn(i: int) -> int:
+        calls.append(i)
+        workers.add(threading.current_thread().name)
+        if i == 3:
+            raise RuntimeError("bad item 3")
+        return i * i
+
+    it = prefetched(range(6), fn)
+    assert next(it) == 0 and next(it) == 1
+    assert calls[:2] == [0, 1] and len(calls) <= 3  # at most one item ahead of the caller
+    assert next(it) == 4
+    with pytest.raises(RuntimeError, match="bad item 3"):
+        next(it)
+    assert all(name.startswith("ltsearch-prefetch") for name in workers)
+    assert list(prefetched([], fn)) == []
+    early = prefetched(range(100), lambda i: i)
+    assert next(early) == 0
+    early.close()  # stops the worker without computing the rest
+
+
+def test_host_prefetch_gives_the_same_batches_and_augmentation(monkeypatch):
+    data = data_of("dataset=fake", "dataset.shape=[3,8,8]", "dataset.train_size=100", "dataset.augment=crop_flip",
+                   "dataset.mean=[0.1,0.2,0.3]", "dataset.std=[1.0,2.0,0.5]")
+    staged = replace(data, host_prefetch=True)
+    used: list[int] = []
+    import ltsearch.data as data_module
+
+    def spy(items, fn):
+        used.append(len(items))
+        return prefetched(items, fn)
+
+    monkeypatch.setattr(data_module, "prefetched", spy)
+    for batches in (lambda d: d.train_batches(32, torch.Generator().manual_seed(0)),
+                    lambda d: d.eval_batches("test", 7)):
+        plain, fetched = list(batches(data)), list(batches(staged))
+        assert len(plain) == len(fetched) > 1
+        for (xa, ya), (xb, yb) in zip(plain, fetched, strict=True):
+            assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    assert used == [4, len(list(data.eval_batches("test", 7)))]
 
 
 # -- seeded samples ----------------------------------------------------------------------------------------

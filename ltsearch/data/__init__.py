@@ -2,7 +2,9 @@
 
 `build_data(cfg)` loads a whole dataset into memory once (images as uint8, MNIST-1D as float) and
 returns a `Data` object. Training batches come from a seeded permutation per epoch; normalisation and
-augmentation run on the batch, on whatever device the tensors live on.
+augmentation run on the batch, on the training device. When the data stays in host memory while training
+runs on CUDA (`host_prefetch`), each batch is gathered into pinned memory on a worker thread one step
+ahead and copied asynchronously.
 """
 
 from __future__ import annotations
@@ -10,12 +12,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 import torch
 from torch import Tensor
 
 from ltsearch.config import DatasetConfig
 from ltsearch.data.augment import augment_batch
+from ltsearch.data.prefetch import prefetched
 from ltsearch.data.sources import (
     Arrays,
     load_cifar,
@@ -27,6 +31,7 @@ from ltsearch.data.sources import (
 from ltsearch.seeding import generator
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 DATASETS: dict[str, Callable[[DatasetConfig], Arrays]] = {
     "mnist1d": load_mnist1d,
@@ -52,6 +57,7 @@ class Data:
     mean: Tensor | None
     std: Tensor | None
     augment: str
+    host_prefetch: bool = False
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -80,32 +86,49 @@ class Data:
     def train_batches(self, batch_size: int, gen: torch.Generator, augment: bool = True,
                       device: torch.device | None = None) -> Iterator[tuple[Tensor, Tensor]]:
         """One epoch of shuffled training batches (the last one may be smaller)."""
-        for idx in self.train_order(batch_size, gen):
-            x, y = self.train_batch(idx, device)
-            if augment:
+        for x, y in self.train_batches_at(self.train_order(batch_size, gen), device):
+            if augment:  # on the calling thread: the generator's draws stay in one order
                 x = augment_batch(x, self.augment, gen)
             yield x, y
 
-    def train_order(self, batch_size: int, gen: torch.Generator) -> Iterator[Tensor]:
+    def train_order(self, batch_size: int, gen: torch.Generator) -> list[Tensor]:
         """The sample indices of one epoch's batches, from one seeded permutation (on the data's device)."""
-        order = torch.randperm(self.train_x.shape[0], generator=gen)
-        for start in range(0, order.numel(), batch_size):
-            yield order[start: start + batch_size].to(self.device)
+        order = torch.randperm(self.train_x.shape[0], generator=gen).to(self.device)
+        return list(order.split(batch_size))
 
-    def train_batch(self, idx: Tensor, device: torch.device | None = None) -> tuple[Tensor, Tensor]:
-        """The un-augmented training samples `idx` as network inputs and labels on `device`."""
-        x = self.prepare(self.train_x[idx], device)
-        return x, self.train_y[idx].to(x.device, non_blocking=True)
+    def train_batches_at(self, batches: list[Tensor], device: torch.device | None = None
+                         ) -> Iterator[tuple[Tensor, Tensor]]:
+        """The un-augmented training samples of each index tensor in `batches`, as network inputs and labels
+        on `device`."""
+        return self._batches(lambda idx: (self.train_x[idx], self.train_y[idx]), batches, device)
+
+    def _batches(self, gather: Callable[[T], tuple[Tensor, Tensor]], keys: list[T],
+                 device: torch.device | None) -> Iterator[tuple[Tensor, Tensor]]:
+        """Stored samples gathered per key, moved to `device` and prepared; gathered a step ahead on a worker
+        thread (into pinned memory for CUDA) when the data stays in host memory (`host_prefetch`)."""
+        if not self.host_prefetch:
+            for key in keys:
+                x, y = gather(key)
+                x = self.prepare(x, device)
+                yield x, y.to(x.device, non_blocking=True)
+            return
+        pin = device is not None and device.type == "cuda"
+
+        def stage(key: T) -> tuple[Tensor, Tensor]:
+            x, y = gather(key)
+            return (x.pin_memory(), y.pin_memory()) if pin else (x.contiguous(), y.contiguous())
+
+        for x, y in prefetched(keys, stage):
+            x = self.prepare(x, device)
+            yield x, y.to(x.device, non_blocking=True)
 
     def eval_batches(self, split: str, batch_size: int, device: torch.device | None = None,
                      limit: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
         """The `split` ("train" or "test") in order, without augmentation; `limit` > 0 takes a prefix."""
         xs, ys = (self.train_x, self.train_y) if split == "train" else (self.test_x, self.test_y)
         n = min(limit, xs.shape[0]) if limit else xs.shape[0]
-        for start in range(0, n, batch_size):
-            stop = min(start + batch_size, n)
-            x = self.prepare(xs[start:stop], device)
-            yield x, ys[start:stop].to(x.device, non_blocking=True)
+        ranges = [(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
+        return self._batches(lambda r: (xs[r[0]:r[1]], ys[r[0]:r[1]]), ranges, device)
 
     def sample(self, count: int, seed: int, *keys: object, per_class: bool = False,
                device: torch.device | None = None) -> tuple[Tensor, Tensor]:

@@ -284,8 +284,8 @@ class ConcreteSearch:
         data_gen = generator(seed, "cts", "epoch", epoch)
         noise_gen = generator(seed, "cts", "noise", epoch, device=self.device)
         total, seen = 0.0, 0
-        for idx in data.train_order(batch_size, data_gen):
-            x, y = data.train_batch(idx, self.device)
+        order = data.train_order(batch_size, data_gen)
+        for idx, (x, y) in zip(order, data.train_batches_at(order, self.device), strict=True):
             teacher = None if self.cached_teacher is None else self.cached_teacher[idx.to(self.device)]
             noise = logistic_noise(self.layout.total, noise_gen, self.device)
             total += self.step(x, y, noise, teacher) * y.numel()
