@@ -32,7 +32,7 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from ltsearch.config import STAGE_ORDER
+from ltsearch.config import STAGE_ORDER, model_label
 from ltsearch.errors import LtsearchError
 from ltsearch.rundir import FAILURE, RECORD
 from ltsearch.runtime import console
@@ -95,7 +95,7 @@ def read_run(run_dir: Path) -> RunData:
     failure = _safe_json(run_dir / FAILURE)
     if record is not None:
         cfg = record["config"]
-        ident = {"method": record.get("label") or cfg["pruner"]["name"], "model": cfg["model"]["name"],
+        ident = {"method": record.get("label") or cfg["pruner"]["name"], "model": model_label(cfg["model"]),
                  "dataset": cfg["dataset"]["name"], "sparsity": float(cfg["sparsity"]), "seed": cfg["seed"],
                  "when": cfg["pruner"].get("when")}
     else:  # a job that failed before it wrote run.json (invalid config, ...): the sweep callback's record

@@ -29,6 +29,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from ltsearch.config import model_label
 from ltsearch.rundir import FAILURE
 from ltsearch.storage import load_json, save_json
 
@@ -64,6 +65,14 @@ def _select(config: DictConfig, key: str) -> Any:
     return value if value is None or isinstance(value, str | int | float | bool) else str(value)
 
 
+def _model_label(config: DictConfig) -> str | None:
+    try:
+        model = OmegaConf.to_container(config.model, resolve=True)
+    except Exception:  # an invalid model section: fall back to whatever name it has
+        return _select(config, "model.name")
+    return model_label(model) if isinstance(model, dict) else None
+
+
 def record_failure(job_dir: Path, config: DictConfig, job_return: JobReturn, started: float) -> None:
     """Write failed.json for a failed job, unless the pipeline already recorded this failure."""
     existing = job_dir / FAILURE
@@ -77,7 +86,7 @@ def record_failure(job_dir: Path, config: DictConfig, job_return: JobReturn, sta
     text = f"{type(error).__name__}: {str(error).strip()}" if isinstance(error, BaseException) else str(error)
     job = {
         "method": _select(config, "pruner.label") or _select(config, "hydra.runtime.choices.pruner"),
-        "model": _select(config, "model.name"),
+        "model": _model_label(config),
         "dataset": _select(config, "dataset.name"),
         "sparsity": _select(config, "sparsity"),
         "seed": _select(config, "seed"),

@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from ltsearch.config import model_label
 from ltsearch.report import build_report, main, seed_verdict
 from ltsearch.sweep import write_sweep_summary
 from tests.conftest import run_cli
@@ -24,10 +25,12 @@ def _write(path: Path, obj) -> None:
 
 
 def fake_run(root: Path, method: str, sparsity: float, seed: int, acc: float | None = None,
-             margins: dict[str, float] | None = None, levels: bool = False, failed: str | None = None) -> Path:
+             margins: dict[str, float] | None = None, levels: bool = False, failed: str | None = None,
+             model: dict | None = None) -> Path:
     """A run directory as the pipeline leaves it (only the files a report reads)."""
-    run = root / f"pruner={method},seed={seed},sparsity={sparsity}"
-    config = {"seed": seed, "sparsity": sparsity, "model": {"name": "lenet"}, "dataset": {"name": "mnist"},
+    run = root / f"{'model=' + model_label(model) + ',' if model else ''}pruner={method},seed={seed},sparsity={sparsity}"
+    model = model or {"name": "lenet"}
+    config = {"seed": seed, "sparsity": sparsity, "model": model, "dataset": {"name": "mnist"},
               "pruner": {"name": method, "when": "init"}}
     _write(run / "run.json", {"label": method, "overrides": [], "config": config})
     if failed:
@@ -95,6 +98,20 @@ def test_summary_aggregates_seeds_and_counts_failures(sweep):
     failed = report.failed.set_index("sparsity")
     assert "NaN" in failed.loc[0.99, "error"] and "sparsity must be" in failed.loc[1.5, "error"]
     assert set(report.levels["method"]) == {"ltr"} and len(report.levels) == 24
+
+
+def test_models_that_share_a_builder_are_reported_apart(tmp_path):
+    """resnet20 and resnet32 are both model.name=resnet_cifar; their runs must not be averaged together."""
+    for depth, acc in ((20, 0.9), (32, 0.8)):
+        for seed in (0, 1):
+            fake_run(tmp_path, "ltr", 0.9, seed, acc,
+                     model={"name": "resnet_cifar", "depth": depth, "width": 16, "shortcut": "conv1x1"})
+    summary = build_report([tmp_path]).summary.set_index("model")
+    assert summary.loc["resnet_cifar20 w16", "test_acc_mean"] == pytest.approx(0.9)
+    assert summary.loc["resnet_cifar32 w16", "test_acc_mean"] == pytest.approx(0.8)
+    assert model_label({"name": "mlp", "hidden": [300, 100], "depth": 0, "width": 0}) == "mlp-300-100"
+    assert model_label({"name": "resnet_cifar", "depth": 20, "width": 16, "shortcut": "conv3x3"}) == \
+        "resnet_cifar20 w16 conv3x3 shortcuts"
 
 
 def test_sanity_verdicts_across_seeds(sweep):
