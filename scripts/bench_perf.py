@@ -2,7 +2,9 @@
 """Performance benchmark (issue 6), measured in one run on this machine (CPU: quote ratios, not times).
 
   mask     step time of a masked model over the same dense model, through the real training loop
-           (LeNet-300-100 at batch 128, ResNet-20 at batch 128; 99% sparsity). Target: <= 1.05x.
+           (LeNet-300-100 at batch 128, ResNet-20 at batch 128; 99% sparsity). Target: <= 1.05x. Also
+           the time of the one operation a masked step adds (re-zeroing the pruned weights), timed alone:
+           the epoch ratio on a shared 2-core VM moves by several percent between runs.
   search   one CTS-KL search epoch over one dense training epoch of the same model and data.
            Target: <= 1.6x (the paper's implied ratio). Also the first epoch of a fresh search (it
            computes the teacher-logit cache where the network allows one) and a 5-epoch search's mean.
@@ -94,11 +96,25 @@ def mask(args: argparse.Namespace) -> list[dict]:
         masked = _trainer(cfg, data, runtime, args.scratch / "masked", masked=True)
         med = _alternate(args.rounds, dense=dense.train_epoch, masked=masked.train_epoch)
         steps = dense.steps_per_epoch
+        # the only per-step work a masked model adds: re-zeroing the pruned weights after the update
+        mask_us = 1e6 * _per_call(masked._apply_masks, 2000)
         rows.append({"model": name, "batch": 128, "steps timed": steps * args.rounds,
                      "dense step ms": f"{1000 * med['dense'] / steps:.2f}",
                      "masked step ms": f"{1000 * med['masked'] / steps:.2f}",
-                     "masked / dense": f"{med['masked'] / med['dense']:.3f}"})
+                     "masked / dense": f"{med['masked'] / med['dense']:.3f}",
+                     "mask op us/step": f"{mask_us:.1f}",
+                     "mask op / dense step": f"{mask_us / (1e6 * med['dense'] / steps):.2%}"})
     return rows
+
+
+def _per_call(fn, calls: int) -> float:
+    """Seconds per call of fn(), after a warm-up."""
+    for _ in range(calls // 10):
+        fn()
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - t0) / calls
 
 
 def search(args: argparse.Namespace) -> list[dict]:
