@@ -46,8 +46,8 @@ class Runtime:
             torch.backends.cudnn.benchmark = not cfg.deterministic
             torch.backends.cuda.matmul.allow_tf32 = not cfg.deterministic
             torch.backends.cudnn.allow_tf32 = not cfg.deterministic
-        if cfg.deterministic:
-            torch.use_deterministic_algorithms(True, warn_only=True)
+        # set both ways: a second run in the same process (a benchmark, a test) must not inherit the first's
+        torch.use_deterministic_algorithms(cfg.deterministic, warn_only=True)
         return cls(device, bf16, cfg.channels_last and device.type == "cuda", cfg.compile, cfg.progress,
                    cfg.checkpoint_every, cfg.keep_checkpoints, cfg.data_on_device)
 

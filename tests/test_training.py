@@ -224,6 +224,18 @@ def test_runtime_is_cpu_here():
     assert runtime.device.type == "cpu" and not runtime.bf16 and not runtime.channels_last
 
 
+def test_runtime_sets_deterministic_algorithms_both_ways():
+    """A later run in the same process (a benchmark's variants, a test) must not inherit the setting."""
+    before = torch.are_deterministic_algorithms_enabled()
+    try:
+        Runtime.from_config(RuntimeConfig(device="cpu", deterministic=True))
+        assert torch.are_deterministic_algorithms_enabled()
+        Runtime.from_config(RuntimeConfig(device="cpu", deterministic=False))
+        assert not torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(before, warn_only=True)
+
+
 class _ParametrizedTrainer(Trainer):
     """The reference: train with the Mask parametrization left in place (w * mask in every forward)."""
 
