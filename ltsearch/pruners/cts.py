@@ -212,7 +212,8 @@ def per_sample_function(model: nn.Module) -> bool:
 
 def teacher_logits(model: nn.Module, data: Data, batch_size: int, device: torch.device,
                    autocast: Callable[[], Any]) -> Tensor:
-    """The unmasked network's logits for every training sample, in dataset order (no augmentation)."""
+    """The unmasked network's logits for every training sample, in dataset order (no augmentation), in
+    batches of the search's size so that each logit comes from the same kernels as in a search step."""
     with torch.no_grad(), autocast():
         return torch.cat([model(x).float() for x, _ in data.eval_batches("train", batch_size, device)])
 
