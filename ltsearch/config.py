@@ -112,7 +112,8 @@ class ModelConfig:
 
 def model_label(model: dict[str, Any]) -> str:
     """The name reports give a model config: the builder name plus what tells its variants apart
-    (resnet_cifar20 and resnet_cifar32, mlp-300-100 and mlp-256-256, "w32" for a non-default width)."""
+    (resnet_cifar20 and resnet_cifar32, mlp-300-100 and mlp-256-256, "w16" for a set width, and a
+    non-default ResNet shortcut)."""
     name = str(model.get("name") or "?")
     depth, width, hidden = model.get("depth") or 0, model.get("width") or 0, model.get("hidden") or []
     label = f"{name}{depth}" if depth else name

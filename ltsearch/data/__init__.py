@@ -106,19 +106,13 @@ class Data:
                  device: torch.device | None) -> Iterator[tuple[Tensor, Tensor]]:
         """Stored samples gathered per key, moved to `device` and prepared; gathered a step ahead on a worker
         thread (into pinned memory for CUDA) when the data stays in host memory (`host_prefetch`)."""
-        if not self.host_prefetch:
-            for key in keys:
-                x, y = gather(key)
-                x = self.prepare(x, device)
-                yield x, y.to(x.device, non_blocking=True)
-            return
-        pin = device is not None and device.type == "cuda"
+        pin = self.host_prefetch and device is not None and device.type == "cuda"
 
         def stage(key: T) -> tuple[Tensor, Tensor]:
             x, y = gather(key)
-            return (x.pin_memory(), y.pin_memory()) if pin else (x.contiguous(), y.contiguous())
+            return (x.pin_memory(), y.pin_memory()) if pin else (x, y)
 
-        for x, y in prefetched(keys, stage):
+        for x, y in prefetched(keys, stage) if self.host_prefetch else map(gather, keys):
             x = self.prepare(x, device)
             yield x, y.to(x.device, non_blocking=True)
 
