@@ -9,7 +9,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from ltsearch.config import register_configs, to_config
+from ltsearch.compose import register_configs, to_config
 from ltsearch.pipeline import run_pipeline
 
 register_configs()

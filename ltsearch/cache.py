@@ -10,34 +10,27 @@ once under `<cache_dir>/<kind>/<sha256 of spec>/` and copied into later runs ins
   (the kernel releases the lock of a killed job). Entries are published by renaming a complete folder
   into place, so a reader never sees half an entry.
 - Reuse is logged; `runtime.cache=false` turns it off. The location is `runtime.cache_dir`
-  (default: $LTSEARCH_CACHE/artifacts, else ~/.cache/ltsearch/artifacts).
+  (default: $LTSEARCH_CACHE/artifacts, else ~/.cache/ltsearch/artifacts; `ltsearch.paths`).
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
 import os
 import shutil
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ltsearch import __version__
-from ltsearch.rundir import MARKER, StageDir
-from ltsearch.storage import TMP_MARK, load_json, save_json
+from ltsearch import __version__, locks
+from ltsearch.paths import CACHE_SPEC, MARKER, TMP_MARK
+from ltsearch.rundir import ArtifactDir
+from ltsearch.storage import load_json, save_json
 
 log = logging.getLogger(__name__)
-SPEC = "spec.json"
-
-
-def default_cache_dir() -> Path:
-    root = os.environ.get("LTSEARCH_CACHE")
-    return (Path(root) if root else Path.home() / ".cache" / "ltsearch") / "artifacts"
 
 
 def spec_key(kind: str, spec: dict[str, Any]) -> str:
@@ -50,19 +43,8 @@ class ArtifactCache:
     root: Path
     enabled: bool = True
 
-    @contextmanager
-    def _locked(self, kind: str, key: str) -> Iterator[Path]:
-        folder = self.root / kind
-        folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(folder / f"{key}.lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)  # blocking: wait for a job that is computing this entry
-            yield folder / key
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
-
-    def stage(self, kind: str, spec: dict[str, Any], out: StageDir, compute: Callable[[], None]) -> bool:
+    def reuse_or_compute(self, kind: str, spec: dict[str, Any], out: ArtifactDir,
+                         compute: Callable[[], None]) -> bool:
         """Make `out` complete: copy it from the cache entry of (kind, spec) if there is one, else run
         `compute()` (which must complete `out`, i.e. end with `out.mark_done`) and publish the result.
         Returns True when the result was reused."""
@@ -72,7 +54,9 @@ class ArtifactCache:
             compute()
             return False
         key = spec_key(kind, spec)
-        with self._locked(kind, key) as entry:
+        entry = self.root / kind / key
+        # blocking: a job that needs an entry another job is computing waits for it, then reuses it
+        with locks.exclusive(self.root / kind / f"{key}.lock"):
             if (entry / MARKER).exists():
                 _restore(entry, out, key)
                 log.info("%s: reused from the cache (%s %s, computed %s)", out.label, kind, key[:12],
@@ -83,7 +67,7 @@ class ArtifactCache:
             return False
 
 
-def _restore(entry: Path, out: StageDir, key: str) -> None:
+def _restore(entry: Path, out: ArtifactDir, key: str) -> None:
     """Copy the entry's files into `out`; the completion marker comes last and records the reuse."""
     out.path.mkdir(parents=True, exist_ok=True)
     info = load_json(entry / MARKER)
@@ -95,7 +79,7 @@ def _restore(entry: Path, out: StageDir, key: str) -> None:
     save_json(out.path / MARKER, {**info, "wall_time": 0.0, "compute": {}, "reused": reused})
 
 
-def _publish(entry: Path, out: StageDir, kind: str, spec: dict[str, Any]) -> None:
+def _publish(entry: Path, out: ArtifactDir, kind: str, spec: dict[str, Any]) -> None:
     """Copy a completed stage folder's artifacts and marker into the cache, atomically (rename)."""
     info = out.info()
     tmp = entry.parent / f".{entry.name}{TMP_MARK}{os.getpid()}"
@@ -104,7 +88,7 @@ def _publish(entry: Path, out: StageDir, kind: str, spec: dict[str, Any]) -> Non
     for name in info.get("artifacts", {}):
         (tmp / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(out.path / name, tmp / name)
-    save_json(tmp / SPEC, {"kind": kind, "spec": spec})
+    save_json(tmp / CACHE_SPEC, {"kind": kind, "spec": spec})
     shutil.copyfile(out.path / MARKER, tmp / MARKER)
     if entry.exists():  # an incomplete leftover (no marker): replace it
         shutil.rmtree(entry)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 USAGE = """usage: ltsearch <command> [args]
 
@@ -28,7 +29,7 @@ examples:
   ltsearch run -m pruner=cts_kl,magnitude sparsity=0.9,0.99 seed=0,1
   ltsearch run -m +sweep=paper_grid pruner=cts_kl    # density 0.8^k, k = 2..32, seeds 0-2 (summary in the sweep dir)
   ltsearch report outputs/sweeps/<date> --csv results/summary.csv
-  ltsearch run experiment=lenet_mnist pruner=magnitude sparsity=0.9 dataset.root=../shared/datasets
+  ltsearch run experiment=lenet_mnist pruner=magnitude sparsity=0.9 dataset.root=DATA_DIR
   ltsearch run --help                                 # config groups and options
   eval "$(ltsearch run -sc install=bash)"             # tab completion
 """
@@ -71,8 +72,6 @@ def check_group_overrides(args: list[str]) -> str | None:
 
 def check_output_dirs(args: list[str]) -> str | None:
     """Hydra answers a run/sweep directory that is an existing file with a traceback; say it in one line."""
-    from pathlib import Path
-
     for arg in args:
         key, sep, value = arg.partition("=")
         if sep and key in ("hydra.run.dir", "hydra.sweep.dir"):
@@ -112,8 +111,6 @@ def _completion(args: list[str]) -> int:
 
 
 def _resume(args: list[str]) -> int:
-    from pathlib import Path
-
     from ltsearch.config import RUNTIME_KEYS
     from ltsearch.errors import LtsearchError
     from ltsearch.rundir import read_record

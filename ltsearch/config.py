@@ -1,9 +1,11 @@
-"""Typed configuration: the schema every composed config is validated against.
+"""Typed configuration: the schema every composed config is validated against (a leaf: it imports nothing
+else of ltsearch, so every layer may use it).
 
 Hydra composes YAML from `conf/` on top of these dataclasses, so types and enum values are checked at
 compose time with Hydra's own messages. Ranges and cross-field rules live in `__post_init__` and run when
-the task builds the typed object with `to_config()` (first thing in every run). Pruner schemas live beside
-their pruner (one file per method) and are registered as `schema_pruner_<name>`.
+the typed object is built (`ltsearch.compose.to_config`, first thing in every run); names that refer to a
+registry (model, dataset, pruner, objective, stages) are checked there too. Pruner schemas live beside
+their pruner (one file per method).
 """
 
 from __future__ import annotations
@@ -13,22 +15,7 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
 from typing import Any
 
-from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
-
-from ltsearch.errors import ConfigError
-
-
-class Stage(str, Enum):
-    search = "search"
-    rewind = "rewind"
-    retrain = "retrain"
-    sanity = "sanity"
-    evaluate = "evaluate"
-
-
-STAGE_ORDER = [s.value for s in Stage]
 
 
 class When(str, Enum):
@@ -81,12 +68,6 @@ class LayerCollapse(str, Enum):
 
     warn = "warn"
     error = "error"
-
-
-class ObjectiveName(str, Enum):
-    task = "task"
-    forward_kl = "forward_kl"
-    reverse_kl = "reverse_kl"
 
 
 def _require(condition: bool, message: str) -> None:
@@ -193,9 +174,9 @@ class TrainConfig:
 
 @dataclass
 class ObjectiveConfig:
-    """What a mask should preserve: the task loss, or the dense network's outputs (KL, either direction)."""
+    """What a mask search preserves (`ltsearch.objectives`: the task loss, the dense network's outputs, ...)."""
 
-    name: ObjectiveName = ObjectiveName.task
+    name: str = "task"
     temperature: float = 1.0
 
     def __post_init__(self) -> None:
@@ -255,9 +236,8 @@ class Config:
 
     seed: int = 0
     sparsity: float = 0.9
-    stages: list[Stage] = field(
-        default_factory=lambda: [Stage.search, Stage.rewind, Stage.retrain, Stage.sanity, Stage.evaluate]
-    )
+    # names from the stage registry (ltsearch.stages.STAGES); they run in the registry's order
+    stages: list[str] = MISSING
     model: Any = MISSING
     dataset: Any = MISSING
     train: Any = MISSING
@@ -273,8 +253,7 @@ class Config:
             f"sparsity must be in [0, 1) (the fraction of prunable weights removed), got {self.sparsity}",
         )
         _require(len(self.stages) > 0, "stages must name at least one stage")
-        _require(len(set(self.stages)) == len(self.stages), f"stages lists a stage twice: "
-                                                             f"{[getattr(st, 'value', st) for st in self.stages]}")
+        _require(len(set(self.stages)) == len(self.stages), f"stages lists a stage twice: {list(self.stages)}")
 
     @property
     def density(self) -> float:
@@ -286,85 +265,10 @@ class Config:
 RUNTIME_KEYS = ("runtime", "stages", "dataset.root", "dataset.download", "layer_collapse")
 
 
-def register_configs() -> None:
-    """Put the schemas into Hydra's ConfigStore (idempotent)."""
-    from ltsearch.pruners import registry
-
-    # Root-level names (no group), so that schemas never appear as options in --help or glob() sweeps.
-    # A group file extends its schema with `defaults: [/schema_<group>@_here_, _self_]`.
-    cs = ConfigStore.instance()
-    cs.store(name="ltsearch_schema", node=Config)
-    cs.store(name="schema_model", node=ModelConfig)
-    cs.store(name="schema_dataset", node=DatasetConfig)
-    cs.store(name="schema_train", node=TrainConfig)
-    cs.store(name="schema_objective", node=ObjectiveConfig)
-    for name, pruner_cls in registry().items():
-        cs.store(name=f"schema_pruner_{name}", node=pruner_cls.Config)
-
-
-def to_config(cfg: DictConfig | Config) -> Config:
-    """Validate a composed config (types, enums, ranges, names) and return the typed object."""
-    if isinstance(cfg, Config):
-        return cfg
-    try:
-        obj = OmegaConf.to_object(cfg)
-    except OmegaConfBaseException as exc:
-        cause = exc.__cause__ if isinstance(exc.__cause__, ValueError) else None
-        raise ConfigError(f"invalid config: {cause or _first_line(exc)}") from exc
-    except ValueError as exc:
-        raise ConfigError(f"invalid config: {exc}") from exc
-    assert isinstance(obj, Config)
-    _check_unknown_keys(cfg, obj)
-    _check_names(obj)
-    return obj
-
-
-def _check_unknown_keys(cfg: DictConfig, obj: Config) -> None:
-    """A key added with `+` (e.g. `+sparsty=0.5`) that no schema has would be dropped silently: refuse it."""
-    from ltsearch.rundir import flatten
-
-    given = flatten(OmegaConf.to_container(cfg, resolve=False))
-    known = flatten(config_container(obj))
-    unknown = sorted(k for k in given if k not in known and not any(k.startswith(f"{kk}.") for kk in known))
-    if unknown:
-        raise ConfigError(f"unknown config key(s) {', '.join(unknown)}: ltsearch has no such setting (check the "
-                          f"spelling; `ltsearch run --cfg job` prints every key)")
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-
-
-def _check_names(cfg: Config) -> None:
-    from ltsearch.data import DATASETS
-    from ltsearch.models import MODELS
-    from ltsearch.pruners import registry
-
-    for kind, name, known in (
-        ("model", cfg.model.name, MODELS),
-        ("dataset", cfg.dataset.name, DATASETS),
-        ("pruner", cfg.pruner.name, registry()),
-    ):
-        if name not in known:
-            raise ConfigError(f"unknown {kind}.name '{name}'; known: {', '.join(sorted(known))}")
-
-
 def config_container(cfg: Config | DictConfig) -> dict[str, Any]:
     """Plain, resolved dict of a config (enums as names), for records, diffs and results.json."""
     node = OmegaConf.structured(cfg) if isinstance(cfg, Config) else cfg
     return OmegaConf.to_container(node, resolve=True, enum_to_str=True)  # type: ignore[return-value]
-
-
-def compose(*overrides: str) -> Config:
-    """Compose conf/config.yaml with overrides as `ltsearch run` does, and validate it (for tests and
-    scripts: no run directory, no logging setup, no multirun)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_module
-
-    register_configs()
-    with initialize_config_module(config_module="ltsearch.conf", version_base="1.3"):
-        cfg = hydra_compose(config_name="config", overrides=list(overrides))
-    return to_config(cfg)
 
 
 def schema_defaults(cfg: Config) -> dict[str, Any]:
@@ -386,3 +290,13 @@ def schema_defaults(cfg: Config) -> dict[str, Any]:
 
     walk(cfg, "")
     return out
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted keys of a nested dict; lists are compared as values."""
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: tree}

@@ -12,9 +12,9 @@ One panel per (dataset, model) when a report mixes several.
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -23,22 +23,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 
+from ltsearch.errors import LtsearchError  # noqa: E402
+from ltsearch.paths import ACCURACY_PLOT, SANITY_PLOT, layer_plot  # noqa: E402
 from ltsearch.storage import atomic_write  # noqa: E402
-
-if TYPE_CHECKING:
-    from ltsearch.report import Report
-
-ACCURACY_PNG = "accuracy_vs_sparsity.png"
-SANITY_PNG = "sanity_margins.png"
-
-
-def layer_png(sparsity: float) -> str:
-    return f"layer_density_{sparsity:g}.png"
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
-    import io
-
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
     plt.close(fig)
@@ -187,21 +177,19 @@ def plot_sanity(sanity: pd.DataFrame, path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def write_plots(report: Report, folder: Path, layers_at: float | None = None) -> list[Path]:
-    """Every plot the report has data for, into `folder`; return the files written."""
+def write_plots(summary: pd.DataFrame, levels: pd.DataFrame, layers: pd.DataFrame, sanity: pd.DataFrame,
+                folder: Path, layers_at: float | None = None) -> list[Path]:
+    """Every plot the report's tables have data for, into `folder`; return the files written."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    written = [plot_accuracy(report.summary, report.levels, folder / ACCURACY_PNG)] if not report.summary.empty else []
-    at = layers_at if layers_at is not None else default_layers_at(report.layers)
-    if layers_at is not None and (report.layers.empty
-                                  or not ((report.layers["sparsity"] - layers_at).abs() < 1e-9).any()):
-        from ltsearch.errors import LtsearchError
-
-        known = sorted(report.layers["sparsity"].unique()) if not report.layers.empty else []
+    written = [plot_accuracy(summary, levels, folder / ACCURACY_PLOT)] if not summary.empty else []
+    at = layers_at if layers_at is not None else default_layers_at(layers)
+    if layers_at is not None and (layers.empty or not ((layers["sparsity"] - layers_at).abs() < 1e-9).any()):
+        known = sorted(layers["sparsity"].unique()) if not layers.empty else []
         raise LtsearchError(f"--layers-at {layers_at:g}: no finished run at that sparsity "
                             f"(finished: {', '.join(f'{s:g}' for s in known) or 'none'})")
     if at is not None and not math.isnan(at):
-        written.append(plot_layers(report.layers, at, folder / layer_png(at)))
-    if not report.sanity.empty:
-        written.append(plot_sanity(report.sanity, folder / SANITY_PNG))
+        written.append(plot_layers(layers, at, folder / layer_plot(at)))
+    if not sanity.empty:
+        written.append(plot_sanity(sanity, folder / SANITY_PLOT))
     return [p for p in written if p is not None]

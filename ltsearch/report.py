@@ -20,10 +20,8 @@ sparsity; sanity margins per method and variant.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import io
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,11 +30,16 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from ltsearch.config import STAGE_ORDER, model_label
+from ltsearch import plots
+from ltsearch.config import model_label
 from ltsearch.errors import LtsearchError
-from ltsearch.rundir import FAILURE, RECORD
+from ltsearch.locks import is_held
+from ltsearch.paths import FAILURE, LOCK, RECORD, levels_file, results_file, sanity_file
 from ltsearch.runtime import console
+from ltsearch.stages import STAGES
 from ltsearch.storage import atomic_write, load_json
+
+STAGE_ORDER = tuple(STAGES)
 
 GROUP = ["dataset", "model", "method", "sparsity"]
 SEED_RULE = ("a variant passes when the mean margin over seeds (ticket accuracy - variant accuracy, same seed) "
@@ -56,23 +59,6 @@ def find_runs(folders: list[Path]) -> list[Path]:
         for name in (RECORD, FAILURE):
             runs |= {p.parent for p in folder.rglob(name) if p.is_file()}
     return sorted(runs)
-
-
-def is_running(run_dir: Path) -> bool:
-    """Whether a process holds the run's lock right now."""
-    lock = run_dir / ".lock"
-    if not lock.exists():
-        return False
-    fd = os.open(lock, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError:
-        return True
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
-    finally:
-        os.close(fd)
 
 
 def _safe_json(path: Path) -> Any:
@@ -103,7 +89,7 @@ def read_run(run_dir: Path) -> RunData:
         ident = {k: job.get(k) for k in ("method", "model", "dataset", "sparsity", "seed", "when")}
     row: dict[str, Any] = {**ident, "status": "unfinished", "run": str(run_dir)}
     data = RunData(row)
-    results = _safe_json(run_dir / "evaluate" / "results.json")
+    results = _safe_json(results_file(run_dir))
     if results is not None:
         pp = (results.get("pruning_point") or {}).get("pruning_point") or {}
         times = results.get("wall_time", {})
@@ -119,14 +105,14 @@ def read_run(run_dir: Path) -> RunData:
                                 "kept": layer["kept"], "total": layer["total"]})
     elif failure is not None:
         row.update(status="failed", failed_stage=failure.get("stage"), error=failure.get("error"))
-    elif is_running(run_dir):
+    elif is_held(run_dir / LOCK):
         row["status"] = "running"
     if row.get("sparsity") is not None:
         row.setdefault("density", 1.0 - float(row["sparsity"]))
-    for level in _safe_json(run_dir / "search" / "levels.json") or []:
+    for level in _safe_json(levels_file(run_dir)) or []:
         data.levels.append({**ident, **{k: level.get(k) for k in ("level", "density", "kept", "total",
                                                                    "test_acc")}})
-    sanity = _safe_json(run_dir / "sanity" / "sanity.json")
+    sanity = _safe_json(sanity_file(run_dir))
     if sanity is not None:
         for variant, v in sanity["variants"].items():
             data.sanity.append({**ident, "variant": variant, "ticket_acc": sanity["ticket_accuracy"],
@@ -337,9 +323,10 @@ def _csv(path: Path, df: pd.DataFrame) -> Path:
     return path
 
 
-def write_report(report: Report, csv: Path | None = None, plots: Path | None = None,
+def write_report(report: Report, csv: Path | None = None, plots_dir: Path | None = None,
                  layers_at: float | None = None, text: Path | None = None) -> list[Path]:
-    """CSV files (summary at `csv`, runs and sanity beside it), plots into `plots`; return the paths written."""
+    """CSV files (summary at `csv`, runs and sanity beside it), plots into `plots_dir`; return the paths
+    written."""
     written: list[Path] = []
     if csv is not None:
         csv.parent.mkdir(parents=True, exist_ok=True)
@@ -351,10 +338,9 @@ def write_report(report: Report, csv: Path | None = None, plots: Path | None = N
     if text is not None:
         atomic_write(text, report_text(report).encode())
         written.append(text)
-    if plots is not None:
-        from ltsearch import plots as plotting
-
-        written += plotting.write_plots(report, plots, layers_at)
+    if plots_dir is not None:
+        written += plots.write_plots(report.summary, report.levels, report.layers, report.sanity, plots_dir,
+                                     layers_at)
     return written
 
 
@@ -376,8 +362,8 @@ def main(argv: list[str]) -> int:
     if report.runs.empty:
         raise LtsearchError(f"no runs found below {', '.join(map(str, args.dirs))}")
     print_report(report)
-    plots = None if args.no_plots else (args.plots or (args.csv.parent if args.csv else args.dirs[0]))
-    written = write_report(report, csv=args.csv, plots=plots, layers_at=args.layers_at,
+    plots_dir = None if args.no_plots else (args.plots or (args.csv.parent if args.csv else args.dirs[0]))
+    written = write_report(report, csv=args.csv, plots_dir=plots_dir, layers_at=args.layers_at,
                            text=args.csv.with_suffix(".txt") if args.csv else None)
     for path in written:
         console().print(f"wrote {path}")

@@ -1,18 +1,11 @@
-"""The run directory: its config record, its lock, and one folder per stage with a completion marker.
-
-Layout (open_lth style: every stage skipped when its output exists):
-
-    RUN_DIR/run.json          the run's own record of its config, written once (Hydra rewrites .hydra/)
-    RUN_DIR/.lock             held (flock) by the one process working on the run
-    RUN_DIR/<stage>/...       the stage's artifacts
-    RUN_DIR/<stage>/DONE.json completion marker, written last: wall time + SHA-256 of every artifact
+"""The run directory: its config record, its lock, its failure record, and artifact folders with
+completion markers (open_lth style: a folder whose marker exists is skipped). Names: `ltsearch.paths`.
 
 A folder without DONE.json is unfinished; its resumable parts (epoch checkpoints) carry their own index.
 """
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import socket
@@ -21,15 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from ltsearch import __version__
+from ltsearch.config import flatten
 from ltsearch.errors import ArtifactError, ResumeError, UnsafeArtifactError
-from ltsearch.storage import load_json, load_torch, save_json, save_torch
+from ltsearch.locks import open_lock_file, try_lock, unlock
+from ltsearch.paths import CLOCK, FAILURE, LOCK, MARKER, RECORD
+from ltsearch.storage import load_json, load_torch, save_json, save_torch, sha256_file
 
 log = logging.getLogger(__name__)
-
-RECORD = "run.json"
-MARKER = "DONE.json"
-CLOCK = "clock.json"
-FAILURE = "failed.json"
 
 
 class RunLock:
@@ -42,25 +33,24 @@ class RunLock:
     """
 
     def __init__(self, run_dir: Path) -> None:
-        self.path = Path(run_dir) / ".lock"
+        self.path = Path(run_dir) / LOCK
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = open_lock_file(self.path)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            locked = try_lock(fd)
+        except OSError as exc:  # e.g. a network filesystem without flock support
+            os.close(fd)
+            raise ResumeError(f"cannot lock {self.path} ({exc.strerror or exc}); put the run directory on a "
+                              f"filesystem that supports file locks") from exc
+        if not locked:
             holder = os.pread(fd, 256, 0).decode(errors="replace").strip() or "another process"
             os.close(fd)
             raise ResumeError(
                 f"{self.path.parent} is in use by {holder}; one process per run directory "
                 f"(wait for it to finish or stop it, then resume)"
-            ) from None
-        except OSError as exc:  # e.g. a network filesystem without flock support
-            os.close(fd)
-            raise ResumeError(f"cannot lock {self.path} ({exc.strerror or exc}); put the run directory on a "
-                              f"filesystem that supports file locks") from exc
+            )
         previous = os.pread(fd, 256, 0).decode(errors="replace").strip()
         if previous:
             log.warning("%s: taking over the stale lock of %s, which ended without releasing it (killed?)",
@@ -72,7 +62,7 @@ class RunLock:
     def release(self) -> None:
         if self._fd is not None:
             os.ftruncate(self._fd, 0)  # a clean exit leaves an empty lock file
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            unlock(self._fd)
             os.close(self._fd)
             self._fd = None
 
@@ -84,11 +74,12 @@ class RunLock:
         self.release()
 
 
-class StageDir:
-    """A folder whose artifacts are checksummed and whose completion is marked last.
+class ArtifactDir:
+    """A folder whose artifacts are checksummed and whose completion is marked last: a pipeline stage's
+    folder, or a part of one (`search/pretrain`, `search/level_03`, `sanity/shuffle`).
 
-    Stages may nest (e.g. `search/pretrain`): a child's clock also advances its parent's, so the wall
-    time of a stage includes its parts, and time lost to a crash after the last checkpoint is not counted.
+    Folders nest: a child's clock also advances its parent's, so the wall time of a stage includes its
+    parts, and time lost to a crash after the last checkpoint is not counted.
     Compute counters (`count`): samples a folder passed through the network forward and backward
     ("train") or forward only ("forward"); results.json turns them into FLOPs and training-epoch
     equivalents of the dense model. A folder counts its own work; its completion marker adds the totals of
@@ -96,7 +87,7 @@ class StageDir:
     with them, so time and counts always match the state a resumed run continues from.
     """
 
-    def __init__(self, path: Path, parent: StageDir | None = None) -> None:
+    def __init__(self, path: Path, parent: ArtifactDir | None = None) -> None:
         self.path = Path(path)
         self.parent = parent
         self.name = self.path.name
@@ -107,14 +98,14 @@ class StageDir:
 
     @property
     def label(self) -> str:
-        """The stage's name in messages: `retrain`, or `search/pretrain` for a part of a stage."""
+        """The folder's name in messages: `retrain`, or `search/pretrain` for a part of a stage."""
         return self.name if self.parent is None else f"{self.parent.label}/{self.name}"
 
     # -- lifecycle -------------------------------------------------------------------------------------
-    def child(self, name: str) -> StageDir:
-        return StageDir(self.path / name, parent=self)
+    def child(self, name: str) -> ArtifactDir:
+        return ArtifactDir(self.path / name, parent=self)
 
-    def start(self) -> StageDir:
+    def start(self) -> ArtifactDir:
         """Begin (or continue) work: restore the time spent by earlier sessions up to their last checkpoint."""
         self.path.mkdir(parents=True, exist_ok=True)
         clock = load_json(self.path / CLOCK) if (self.path / CLOCK).exists() else {}
@@ -158,7 +149,7 @@ class StageDir:
         return (self.path / MARKER).exists()
 
     def info(self) -> dict[str, Any]:
-        """The completion marker of a finished stage."""
+        """The completion marker of a finished folder."""
         return load_json(self.path / MARKER)
 
     def mark_done(self, **extra: Any) -> dict[str, Any]:
@@ -190,8 +181,6 @@ class StageDir:
             raise ArtifactError(f"{exc}{self._remedy()}") from exc
 
     def load_json(self, name: str) -> Any:
-        from ltsearch.storage import sha256_file
-
         path = self.path / name
         sha = self._recorded_sha(name)
         if sha is not None and path.exists() and sha256_file(path) != sha:
@@ -240,16 +229,6 @@ def write_record(run_dir: Path, config: dict[str, Any], overrides: list[str], la
         "overrides": overrides,
         "config": config,
     })
-
-
-def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """Dotted keys of a nested dict; lists are compared as values."""
-    if isinstance(tree, dict):
-        out: dict[str, Any] = {}
-        for key, value in tree.items():
-            out.update(flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: tree}
 
 
 def config_diff(recorded: dict[str, Any], current: dict[str, Any], ignore: tuple[str, ...],

@@ -18,15 +18,13 @@ import json
 import os
 import pickle
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ltsearch.errors import ArtifactError, UnsafeArtifactError
-
-TMP_MARK = ".tmp-"
+from ltsearch.paths import TMP_MARK
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -146,9 +144,3 @@ def load_torch(path: str | Path, sha256: str | None = None, map_location: str | 
 # What torch's weights-only unpickler reports when a file names a callable or class it will not import.
 _UNSAFE = re.compile(r"GLOBAL\s+([\w.]+)|[Uu]nsupported class\s+([\w.]+)")
 
-
-def iter_files(folder: Path) -> Iterator[Path]:
-    """Files below `folder` in a stable order, without temporaries."""
-    for path in sorted(folder.rglob("*")):
-        if path.is_file() and TMP_MARK not in path.name:
-            yield path

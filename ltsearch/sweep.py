@@ -17,9 +17,7 @@ sanity stage ran), summary.txt (the printed tables, failed jobs with their error
 
 from __future__ import annotations
 
-import fcntl
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -29,32 +27,25 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from ltsearch import locks
 from ltsearch.config import model_label
-from ltsearch.rundir import FAILURE
+from ltsearch.paths import FAILURE, SUMMARY_CSV, SUMMARY_LOCK, SUMMARY_TXT
+from ltsearch.report import build_report, write_report
 from ltsearch.storage import load_json, save_json
 
 log = logging.getLogger(__name__)
-SUMMARY_LOCK = ".summary.lock"
-SUMMARY_CSV = "summary.csv"
-SUMMARY_TXT = "summary.txt"
 
 
 def write_sweep_summary(sweep_dir: Path) -> list[Path]:
     """Rebuild the summary of every run below `sweep_dir` from disk (serialised by a lock on the folder)."""
-    from ltsearch.report import build_report, write_report
-
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         return []
-    fd = os.open(sweep_dir / SUMMARY_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)  # released by the kernel if this process dies
+    with locks.exclusive(sweep_dir / SUMMARY_LOCK):
         report = build_report([sweep_dir])
         if report.runs.empty:
             return []
-        return write_report(report, csv=sweep_dir / SUMMARY_CSV, plots=sweep_dir, text=sweep_dir / SUMMARY_TXT)
-    finally:
-        os.close(fd)
+        return write_report(report, csv=sweep_dir / SUMMARY_CSV, plots_dir=sweep_dir, text=sweep_dir / SUMMARY_TXT)
 
 
 def _select(config: DictConfig, key: str) -> Any:

@@ -43,9 +43,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchlib import markdown_table  # noqa: E402
 
-from ltsearch.config import compose  # noqa: E402
-from ltsearch.pipeline import RunContext  # noqa: E402
-from ltsearch.rundir import StageDir  # noqa: E402
+from ltsearch.compose import compose  # noqa: E402
+from ltsearch.context import RunContext  # noqa: E402
+from ltsearch.rundir import ArtifactDir  # noqa: E402
 from ltsearch.runtime import Runtime  # noqa: E402
 from ltsearch.training.trainer import Trainer  # noqa: E402
 
@@ -80,8 +80,8 @@ def epoch(args: argparse.Namespace) -> None:
         cfg = compose(*base_overrides(args), "runtime.progress=false", *extra)
         ctx = RunContext(cfg=cfg, run_dir=args.out / "scratch", runtime=Runtime.from_config(cfg.runtime))
         trainer = Trainer(model=ctx.new_model(), data=ctx.data, cfg=cfg.train, runtime=ctx.runtime,
-                          out=StageDir(args.out / "scratch" / label.split()[0].strip(",")).start(), seed=0,
-                          key="bench", start_epoch=0)
+                          out=ArtifactDir(args.out / "scratch" / label.split()[0].strip(",")).start(), seed=0,
+                          stream="bench", start_epoch=0)
         times = []
         for e in range(args.epochs + 1):
             t0 = time.perf_counter()

@@ -37,13 +37,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchlib import ensure_run, markdown_table, save_rows  # noqa: E402
 
-from ltsearch.config import compose  # noqa: E402
+from ltsearch.compose import compose  # noqa: E402
 from ltsearch.data import build_data  # noqa: E402
 from ltsearch.masking import attach_masks, prunable_weights, topk_masks  # noqa: E402
 from ltsearch.models import build_model  # noqa: E402
 from ltsearch.pruners import PruneContext  # noqa: E402
 from ltsearch.pruners.cts import build_search  # noqa: E402
-from ltsearch.rundir import StageDir  # noqa: E402
+from ltsearch.rundir import ArtifactDir  # noqa: E402
 from ltsearch.runtime import Runtime  # noqa: E402
 from ltsearch.training.trainer import Trainer  # noqa: E402
 
@@ -72,8 +72,8 @@ def _trainer(cfg, data, runtime, scratch: Path, masked: bool) -> Trainer:
         gen = torch.Generator().manual_seed(1)
         scores = {n: torch.rand(w.shape, generator=gen) for n, w in weights.items()}
         attach_masks(model, topk_masks(scores, int(0.01 * sum(w.numel() for w in weights.values()))))
-    return Trainer(model=model, data=data, cfg=cfg.train, runtime=runtime, out=StageDir(scratch).start(),
-                   seed=0, key="bench", start_epoch=0)
+    return Trainer(model=model, data=data, cfg=cfg.train, runtime=runtime, out=ArtifactDir(scratch).start(),
+                   seed=0, stream="bench", start_epoch=0)
 
 
 def _alternate(rounds: int, **jobs) -> dict[str, float]:
@@ -130,7 +130,7 @@ def _search_row(args: argparse.Namespace, name: str, overrides: list[str], sampl
     def fresh_search():
         teacher = build_model(cfg.model, data.input_shape, data.num_classes, 0)
         ctx = PruneContext(model=teacher, data=data, cfg=cfg, runtime=runtime,
-                           out=StageDir(args.scratch / "search").start(), seed=0, density=cfg.density)
+                           out=ArtifactDir(args.scratch / "search").start(), seed=0, density=cfg.density)
         return build_search(ctx, cfg.pruner)
 
     concrete = fresh_search()

@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             finished.append(False)
     dirs = [run_dir(args.out, m, args.sparsity, s) for m, _, s in jobs]
     report = build_report([d for d in dirs if d.exists()])
-    written = write_report(report, csv=args.out / "summary.csv", plots=args.out,
+    written = write_report(report, csv=args.out / "summary.csv", plots_dir=args.out,
                            text=args.out / "summary.txt") if not report.runs.empty else []
 
     print(f"\n## Sanity checks, LeNet-300-100 on MNIST at sparsity {args.sparsity}, {device}"

@@ -12,6 +12,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+REPO = Path(__file__).resolve().parents[1]
+
+
+def data_root() -> Path:
+    """The folder of real datasets: $LTSEARCH_DATA, else `shared/datasets` beside the repository."""
+    env = os.environ.get("LTSEARCH_DATA")
+    return Path(env).expanduser().resolve() if env else REPO.parent / "shared" / "datasets"
+
 
 def ensure_run(run_dir: Path, overrides: list[str], results_file: str = "evaluate/results.json",
                env: dict[str, str] | None = None) -> dict[str, Any]:

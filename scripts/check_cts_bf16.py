@@ -20,11 +20,11 @@ from pathlib import Path
 
 import torch
 
-from ltsearch.config import compose
+from ltsearch.compose import compose
+from ltsearch.context import RunContext
 from ltsearch.masking import load_plain_state_dict, plain_state_dict
-from ltsearch.pipeline import RunContext
 from ltsearch.pruners import PruneContext, build_pruner
-from ltsearch.rundir import StageDir
+from ltsearch.rundir import ArtifactDir
 from ltsearch.runtime import Runtime
 from ltsearch.stages.search import pruning_point
 
@@ -39,7 +39,7 @@ def search(ctx: RunContext, state: dict, folder: str, seed: int, autocast: bool)
     cfg = ctx.cfg
     model = ctx.new_model()
     load_plain_state_dict(model, state)
-    out = StageDir(ctx.run_dir / folder).start()
+    out = ArtifactDir(ctx.run_dir / folder).start()
     pcfg = dataclasses.replace(cfg.pruner, autocast=autocast)
     pctx = PruneContext(model=model, data=ctx.data, cfg=cfg, runtime=ctx.runtime, out=out, seed=seed,
                         density=cfg.density)
@@ -56,7 +56,7 @@ def main() -> int:
     cfg = compose("pruner=cts_kl", "runtime.progress=false", *sys.argv[1:])
     run_dir = Path(tempfile.mkdtemp(prefix="check_cts_bf16_"))
     ctx = RunContext(cfg=cfg, run_dir=run_dir, runtime=Runtime.from_config(cfg.runtime))
-    state = plain_state_dict(pruning_point(ctx, StageDir(run_dir / "search").start()))
+    state = plain_state_dict(pruning_point(ctx, ArtifactDir(run_dir / "search").start()))
     fp32_a = search(ctx, state, "fp32_seed0", cfg.seed, autocast=False)
     fp32_b = search(ctx, state, "fp32_seed1", cfg.seed + 1, autocast=False)
     bf16_a = search(ctx, state, "bf16_seed0", cfg.seed, autocast=True)

@@ -11,7 +11,8 @@ import pytest
 import torch
 from hydra import compose, initialize_config_module
 
-from ltsearch.config import Config, register_configs, to_config
+from ltsearch.compose import register_configs, to_config
+from ltsearch.config import Config
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

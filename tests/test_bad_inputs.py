@@ -88,7 +88,8 @@ CASES = [
          ("run", "{fast}", "train.milestones=[10]", "hydra.run.dir={fresh}"),
          "train.milestones must lie inside (0, epochs=3), got [10]"),
     Case("unknown_stage", "stages=[nope]", ("run", "{fast}", "stages=[nope]", "hydra.run.dir={fresh}"),
-         "Invalid value 'nope', expected one of [search, rewind, retrain, sanity, evaluate]"),
+         "unknown stage(s) 'nope' in stages; known (in the order they run): search, rewind, retrain, sanity, "
+         "evaluate"),
     Case("stage_twice", "stages=[search,search]", ("run", "{fast}", "stages=[search,search]",
                                                    "hydra.run.dir={fresh}"),
          "stages lists a stage twice"),
@@ -194,7 +195,7 @@ CASES = [
 
 # Rejected by Hydra while composing the config: Hydra's own (multi-line) messages.
 HYDRA_COMPOSE = {"sparsity_not_a_number", "unknown_pruner", "unknown_experiment", "typo_top_level_key",
-                 "typo_nested_key", "bad_enum", "override_syntax", "unknown_stage", "layer_collapse_bad_value",
+                 "typo_nested_key", "bad_enum", "override_syntax", "layer_collapse_bad_value",
                  "unknown_pruner_on_finished_run", "typo_on_finished_run"}
 
 

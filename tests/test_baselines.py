@@ -13,15 +13,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ltsearch.context import RunContext
 from ltsearch.errors import ConfigError
 from ltsearch.masking import count, keep_count, topk_masks
-from ltsearch.pipeline import RunContext, run_pipeline
+from ltsearch.pipeline import run_pipeline
 from ltsearch.pruners import PruneContext, build_pruner
 from ltsearch.pruners.grasp import grasp_scores, hessian_gradient
 from ltsearch.pruners.imp import layer_quotas, num_levels
 from ltsearch.pruners.snip import snip_scores
 from ltsearch.pruners.synflow import linearized_copy, synflow_rounds, synflow_scores
-from ltsearch.rundir import StageDir
+from ltsearch.rundir import ArtifactDir
 from ltsearch.runtime import Runtime
 from tests.conftest import TINY, make_config
 
@@ -33,8 +34,8 @@ def prune_context(tmp_path, *overrides: str, model: nn.Module | None = None) -> 
     cfg = make_config(*TINY, *overrides)
     run = RunContext(cfg=cfg, run_dir=tmp_path, runtime=Runtime.from_config(cfg.runtime))
     return PruneContext(model=model if model is not None else run.new_model(), data=run.data, cfg=cfg,
-                        runtime=run.runtime, out=StageDir(tmp_path / "search").start(), seed=cfg.seed,
-                        density=cfg.density, trainer=run.train)
+                        runtime=run.runtime, out=ArtifactDir(tmp_path / "search").start(), seed=cfg.seed,
+                        density=cfg.density, train=run.train)
 
 
 def bn_mlp(dtype: torch.dtype = torch.float32, act: type[nn.Module] = nn.ReLU) -> nn.Module:

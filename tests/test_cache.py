@@ -12,7 +12,7 @@ import torch
 
 from ltsearch.cache import ArtifactCache, spec_key
 from ltsearch.pipeline import run_pipeline
-from ltsearch.rundir import StageDir
+from ltsearch.rundir import ArtifactDir
 from tests.conftest import REPO, TINY, make_config
 
 
@@ -94,7 +94,7 @@ def test_concurrent_jobs_compute_a_shared_entry_once(tmp_path):
 
 def test_disabled_cache_computes_and_publishes_nothing(tmp_path):
     cache = ArtifactCache(tmp_path / "cache", enabled=False)
-    out = StageDir(tmp_path / "stage")
+    out = ArtifactDir(tmp_path / "stage")
     calls = []
 
     def compute():
@@ -103,6 +103,6 @@ def test_disabled_cache_computes_and_publishes_nothing(tmp_path):
         out.save_json("x.json", {"v": 1})
         out.mark_done()
 
-    assert cache.stage("k", {"a": 1}, out, compute) is False
+    assert cache.reuse_or_compute("k", {"a": 1}, out, compute) is False
     assert calls == [1] and not (tmp_path / "cache").exists()
     assert spec_key("k", {"a": 1}) != spec_key("k", {"a": 2}) != spec_key("j", {"a": 2})

@@ -213,7 +213,7 @@ def _interrupt_retrain_at(monkeypatch, epoch: int) -> None:
     original = Trainer.train_epoch
 
     def train_epoch(self, e, *args, **kwargs):
-        if self.key == "retrain" and e + 1 == epoch:
+        if self.stream == "retrain" and e + 1 == epoch:
             raise KeyboardInterrupt
         return original(self, e, *args, **kwargs)
 

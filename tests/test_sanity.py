@@ -7,8 +7,9 @@ import json
 import pytest
 import torch
 
+from ltsearch.context import RunContext
 from ltsearch.masking import load_plain_state_dict
-from ltsearch.pipeline import RunContext, run_pipeline
+from ltsearch.pipeline import run_pipeline
 from ltsearch.runtime import Runtime
 from ltsearch.stages import sanity
 from tests.conftest import make_config

@@ -147,7 +147,7 @@ def test_compare_methods_lists_existing_pruners():
 def test_launcher_presets_compose():
     from hydra import compose, initialize_config_module
 
-    from ltsearch.config import register_configs
+    from ltsearch.compose import register_configs
 
     register_configs()
     with initialize_config_module(config_module="ltsearch.conf", version_base="1.3"):

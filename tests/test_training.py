@@ -12,10 +12,11 @@ from ltsearch.config import Optimizer, RuntimeConfig, Schedule, TrainConfig
 from ltsearch.data import build_data
 from ltsearch.masking import attach_masks, masks_of, plain_state_dict, prunable_weights, topk_masks
 from ltsearch.models import build_model
-from ltsearch.rundir import StageDir
+from ltsearch.rundir import ArtifactDir
 from ltsearch.runtime import Runtime
+from ltsearch.training.loop import Callback
 from ltsearch.training.optim import build_optimizer, build_scheduler, lr_factor
-from ltsearch.training.trainer import Callback, Trainer
+from ltsearch.training.trainer import Trainer
 from tests.conftest import make_config
 
 
@@ -134,8 +135,8 @@ def make_trainer(setup, folder, seed=0, callbacks=(), masked=False, **kwargs) ->
         gen = torch.Generator().manual_seed(0)
         attach_masks(model, {n: torch.rand(w.shape, generator=gen) < 0.5
                              for n, w in prunable_weights(model).items()})
-    out = StageDir(folder).start()
-    return Trainer(model=model, data=data, cfg=cfg.train, runtime=runtime, out=out, seed=seed, key="t",
+    out = ArtifactDir(folder).start()
+    return Trainer(model=model, data=data, cfg=cfg.train, runtime=runtime, out=out, seed=seed, stream="t",
                    start_epoch=kwargs.pop("start_epoch", 0), callbacks=callbacks, **kwargs)
 
 
@@ -260,8 +261,8 @@ def test_in_place_masking_matches_training_under_the_parametrization(tmp_path, o
                   for n, w in prunable_weights(model).items()}
         masks = topk_masks(scores, sum(s.numel() for s in scores.values()) // 5)
         attach_masks(model, masks)
-        cls(model=model, data=data, cfg=cfg.train, runtime=runtime, out=StageDir(tmp_path / name).start(),
-            seed=0, key="t", start_epoch=0).fit()
+        cls(model=model, data=data, cfg=cfg.train, runtime=runtime, out=ArtifactDir(tmp_path / name).start(),
+            seed=0, stream="t", start_epoch=0).fit()
         assert set(masks_of(model)) == set(masks)
         finals.append(plain_state_dict(model))
     for key in finals[0]:
@@ -281,7 +282,7 @@ def test_compiled_training_matches_eager_on_a_masked_model(tmp_path):
         scores = {n: w.abs() for n, w in prunable_weights(model).items()}
         attach_masks(model, topk_masks(scores, sum(s.numel() for s in scores.values()) // 4))
         trainer = Trainer(model=model, data=data, cfg=cfg.train, runtime=Runtime.from_config(cfg.runtime),
-                          out=StageDir(tmp_path / str(compiled)).start(), seed=0, key="c", start_epoch=0)
+                          out=ArtifactDir(tmp_path / str(compiled)).start(), seed=0, stream="c", start_epoch=0)
         histories.append(trainer.fit())
         assert masks_of(model)  # masks attached again after training
     for eager, compiled in zip(*histories, strict=True):
@@ -306,7 +307,7 @@ def test_channels_last_training_of_a_masked_conv_net_matches_contiguous(tmp_path
         conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
         assert conv.weight.is_contiguous(memory_format=torch.channels_last) == channels_last
         trainer = Trainer(model=model, data=data, cfg=cfg.train, runtime=runtime,
-                          out=StageDir(tmp_path / str(channels_last)).start(), seed=0, key="c", start_epoch=0)
+                          out=ArtifactDir(tmp_path / str(channels_last)).start(), seed=0, stream="c", start_epoch=0)
         history = trainer.fit()
         masks = masks_of(model)
         weights = plain_state_dict(model)

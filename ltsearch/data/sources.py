@@ -22,7 +22,9 @@ from torch import Tensor
 
 from ltsearch.config import DatasetConfig
 from ltsearch.errors import ArtifactError, DataError
+from ltsearch.paths import cache_root
 from ltsearch.seeding import generator
+from ltsearch.storage import load_torch, save_torch
 
 
 @dataclass
@@ -34,11 +36,6 @@ class Arrays:
     num_classes: int
     mean: list[float] | None = None
     std: list[float] | None = None
-
-
-def cache_dir() -> Path:
-    """Where decoded datasets are cached: $LTSEARCH_CACHE, else ~/.cache/ltsearch."""
-    return Path(os.environ.get("LTSEARCH_CACHE", Path.home() / ".cache" / "ltsearch")).expanduser()
 
 
 def load_mnist1d(cfg: DatasetConfig) -> Arrays:
@@ -246,14 +243,12 @@ def _decode_folder(root: Path) -> dict[str, Tensor]:
 
 def load_imagefolder(cfg: DatasetConfig) -> Arrays:
     """root/train/<class>/* and root/test/<class>/* (root may also be a .tar or .tar.gz of such a folder,
-    at any depth). Decoded once to uint8 tensors and cached under `cache_dir()`."""
-    from ltsearch.storage import load_torch, save_torch
-
+    at any depth). Decoded once to uint8 tensors and cached under `ltsearch.paths.cache_root()`."""
     root = Path(cfg.root).expanduser()
     if not root.exists():
         raise DataError(f"dataset 'imagefolder': {root} does not exist (set dataset.root to a folder with "
                         f"train/<class>/ and test/<class>/, or to a .tar.gz of one)")
-    cache = cache_dir() / f"imagefolder-{_fingerprint(root)}.pt"
+    cache = cache_root() / f"imagefolder-{_fingerprint(root)}.pt"
     decoded = None
     if cache.exists():
         try:

@@ -1,31 +1,35 @@
-"""Pruner registry, discovered from the modules of this package: adding a method is one file here
-(a `Pruner` subclass with a `key` and a `Config`) plus one YAML file in conf/pruner/."""
+"""The pruner registry: `pruner.name` -> class. Adding a method is one file here (a `Pruner` subclass with
+its `Config` dataclass), one line in `PRUNERS`, and one YAML file in conf/pruner/."""
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-from functools import cache
-
 from ltsearch.errors import ConfigError
 from ltsearch.pruners.base import PruneContext, Pruner, PrunerConfig, PruneResult, ScorePruner
+from ltsearch.pruners.cts import CTSPruner
+from ltsearch.pruners.dense import DensePruner
+from ltsearch.pruners.grasp import GraspPruner
+from ltsearch.pruners.imp import IMPPruner
+from ltsearch.pruners.magnitude import MagnitudePruner
+from ltsearch.pruners.random import RandomPruner
+from ltsearch.pruners.snip import SnipPruner
+from ltsearch.pruners.synflow import SynFlowPruner
 
-__all__ = ["Pruner", "PrunerConfig", "PruneContext", "PruneResult", "ScorePruner", "registry", "build_pruner"]
+__all__ = ["PRUNERS", "Pruner", "PrunerConfig", "PruneContext", "PruneResult", "ScorePruner", "build_pruner"]
 
-
-@cache
-def registry() -> dict[str, type[Pruner]]:
-    found: dict[str, type[Pruner]] = {}
-    for info in pkgutil.iter_modules(__path__):
-        module = importlib.import_module(f"{__name__}.{info.name}")
-        for obj in vars(module).values():
-            if isinstance(obj, type) and issubclass(obj, Pruner) and obj.key and obj.__module__ == module.__name__:
-                found[obj.key] = obj
-    return dict(sorted(found.items()))
+PRUNERS: dict[str, type[Pruner]] = {
+    "cts": CTSPruner,
+    "dense": DensePruner,
+    "grasp": GraspPruner,
+    "imp": IMPPruner,
+    "magnitude": MagnitudePruner,
+    "random": RandomPruner,
+    "snip": SnipPruner,
+    "synflow": SynFlowPruner,
+}
 
 
 def build_pruner(cfg: PrunerConfig) -> Pruner:
-    pruners = registry()
-    if cfg.name not in pruners:
-        raise ConfigError(f"unknown pruner.name '{cfg.name}'; known: {', '.join(pruners)}")
-    return pruners[cfg.name](cfg)
+    """The pruner named by `cfg.name`, configured by `cfg` (an instance of that pruner's `Config`)."""
+    if cfg.name not in PRUNERS:
+        raise ConfigError(f"unknown pruner.name '{cfg.name}'; known: {', '.join(PRUNERS)}")
+    return PRUNERS[cfg.name](cfg)

@@ -8,18 +8,22 @@ their resumable state under `ctx.out`. Nothing else in the pipeline needs to kno
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import torch
 from omegaconf import MISSING
 from torch import Tensor, nn
 
+from ltsearch.cache import ArtifactCache
 from ltsearch.config import Config, When
 from ltsearch.data import Data
 from ltsearch.masking import Masks, keep_count, prunable_modules, topk_masks
-from ltsearch.rundir import StageDir
+from ltsearch.rundir import ArtifactDir
 from ltsearch.runtime import Runtime
+from ltsearch.seeding import generator
+from ltsearch.training.loop import Callback, Record
 
 
 @dataclass
@@ -31,6 +35,14 @@ class PrunerConfig:
     when: When = When.init
 
 
+class TrainFn(Protocol):
+    """Trains `model` in place over epochs [start_epoch, end_epoch) of the run's schedule, resumable under
+    `out`, with the data order of `stream`; returns the per-epoch records."""
+
+    def __call__(self, model: nn.Module, stream: str, out: ArtifactDir, start_epoch: int,
+                 end_epoch: int | None = None) -> list[Record]: ...
+
+
 @dataclass
 class PruneContext:
     """Everything a pruner may use. `model` is dense, at the pruning point, on the device; a pruner may
@@ -40,12 +52,13 @@ class PruneContext:
     data: Data
     cfg: Config
     runtime: Runtime
-    out: StageDir
+    out: ArtifactDir
     seed: int
     density: float
-    trainer: Any = None  # RunContext.train(model, key, out, start_epoch, end_epoch=None, callbacks=()) -> history
-    cache: Any = None  # ArtifactCache: a stage folder that is a pure function of a spec can be shared
+    train: TrainFn | None = None  # needed by the methods that train weights (IMP/LTR)
+    cache: ArtifactCache | None = None  # a folder that is a pure function of a spec can be shared
     upstream: dict[str, Any] = field(default_factory=dict)  # the upstream spec (model, data, schedule, seed)
+    callbacks: Sequence[Callback] = ()  # hooks for the epoch loops a pruner runs (loggers)
 
     @property
     def exclude(self) -> list[str]:
@@ -72,9 +85,8 @@ class PruneResult:
 
 
 class Pruner(ABC):
-    """Subclass, set `key` (the registry name) and `Config`, implement `prune`."""
+    """Subclass, set `Config`, implement `prune`; register the class in `ltsearch.pruners.PRUNERS`."""
 
-    key: ClassVar[str] = ""
     Config: ClassVar[type[PrunerConfig]] = PrunerConfig
     # A pruner that keeps everything regardless of `sparsity` (the dense baseline) says so here.
     ignores_sparsity: ClassVar[bool] = False
@@ -103,7 +115,5 @@ def weights_at(ctx: PruneContext) -> dict[str, Tensor]:
 
 
 def uniform_scores(ctx: PruneContext, *keys: object) -> dict[str, Tensor]:
-    from ltsearch.seeding import generator
-
     gen = generator(ctx.seed, *keys)
     return {name: torch.rand(w.shape, generator=gen) for name, w in weights_at(ctx).items()}

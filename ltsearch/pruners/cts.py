@@ -34,15 +34,16 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from ltsearch.config import ObjectiveName, When
+from ltsearch.config import When
 from ltsearch.data import Data
 from ltsearch.masking import batch_statistics, topk_masks
-from ltsearch.objectives import objective
+from ltsearch.objectives import Objective, build_objective
+from ltsearch.paths import CTS_SEARCH
 from ltsearch.pruners.base import PruneContext, Pruner, PrunerConfig, PruneResult
-from ltsearch.runtime import progress_bar
+from ltsearch.rundir import ArtifactDir
 from ltsearch.seeding import generator
-from ltsearch.storage import save_json
-from ltsearch.training.checkpoints import Checkpoints
+from ltsearch.training.evaluate import predict
+from ltsearch.training.loop import EpochLoop, Record
 
 log = logging.getLogger(__name__)
 
@@ -210,14 +211,6 @@ def per_sample_function(model: nn.Module) -> bool:
     return True
 
 
-def teacher_logits(model: nn.Module, data: Data, batch_size: int, device: torch.device,
-                   autocast: Callable[[], Any]) -> Tensor:
-    """The unmasked network's logits for every training sample, in dataset order (no augmentation), in
-    batches of the search's size so that each logit comes from the same kernels as in a search step."""
-    with torch.no_grad(), autocast():
-        return torch.cat([model(x).float() for x, _ in data.eval_batches("train", batch_size, device)])
-
-
 class ConcreteSearch:
     """The optimisation state of one search (theta, Adam, the sparsity control) and its steps.
 
@@ -226,15 +219,15 @@ class ConcreteSearch:
     """
 
     def __init__(self, model: nn.Module, weights: dict[str, Tensor], density: float, cfg: CTSConfig,
-                 objective_name: str, objective_temperature: float, autocast: Callable[[], Any]) -> None:
+                 objective: Objective, objective_name: str, autocast: Callable[[], Any]) -> None:
         self.model = model
         self.layout = LogitLayout(weights)
         self.device = next(iter(weights.values())).device
         self.density = density
         self.cfg = cfg
-        self.objective_name = ObjectiveName(objective_name).value
-        self.objective_temperature = objective_temperature
-        self.needs_teacher = self.objective_name != ObjectiveName.task.value
+        self.objective = objective
+        self.objective_name = objective_name
+        self.needs_teacher = objective.needs_teacher
         self.autocast = autocast
         init = math.log(density / (1 - density)) if density < 1 else 20.0  # theta_i = logit(d)
         self.theta = torch.full((self.layout.total,), init, device=self.device, requires_grad=True)
@@ -266,7 +259,7 @@ class ConcreteSearch:
         mask = soft_mask(self.theta, noise, self.cfg.temperature)
         with self.autocast():
             student = functional_call(self.model, self.layout.masked_weights(mask), (x,))
-        value = objective(self.objective_name, student.float(), teacher, y, self.objective_temperature)
+        value = self.objective.value(student.float(), teacher, y)
         (g_task,) = torch.autograd.grad(value, self.theta)
         self.theta.grad, self.s_err = self.control.gradient(self.theta, g_task)
         self.optimizer.step()
@@ -280,7 +273,9 @@ class ConcreteSearch:
         t0 = time.perf_counter()
         teacher_samples = 0
         if self.cached_teacher is None and self.teacher_cache_reason(data) is None:
-            self.cached_teacher = teacher_logits(self.model, data, batch_size, self.device, self.autocast)
+            # in batches of the search's size, so that each logit comes from the same kernels as in a step
+            inputs = (x for x, _ in data.eval_batches("train", batch_size, self.device))
+            self.cached_teacher = predict(self.model, inputs, self.autocast)
             teacher_samples = data.train_x.shape[0]
         data_gen = generator(seed, "cts", "epoch", epoch)
         noise_gen = generator(seed, "cts", "noise", epoch, device=self.device)
@@ -326,62 +321,70 @@ def build_search(ctx: PruneContext, cfg: CTSConfig) -> ConcreteSearch:
         p.requires_grad_(False)
     weights = {n: m.weight.detach() for n, m in ctx.prunable().items()}
     autocast = ctx.runtime.autocast if cfg.autocast else contextlib.nullcontext
-    obj = ctx.cfg.objective
-    return ConcreteSearch(ctx.model, weights, ctx.density, cfg, obj.name, obj.temperature, autocast)
+    return ConcreteSearch(ctx.model, weights, ctx.density, cfg, build_objective(ctx.cfg.objective),
+                          ctx.cfg.objective.name, autocast)
+
+
+class SearchEpochs:
+    """The search as a task of the shared epoch loop: the lr drop, one epoch, its compute and its log line."""
+
+    def __init__(self, search: ConcreteSearch, data: Data, batch_size: int, seed: int, epochs: int,
+                 work: ArtifactDir) -> None:
+        self.search = search
+        self.data = data
+        self.batch_size = batch_size
+        self.seed = seed
+        self.drop = drop_epoch(search.cfg, epochs)
+        self.work = work
+
+    def run_epoch(self, epoch: int, advance: Callable[[], None]) -> Record:
+        if epoch == self.drop:  # once: a state resumed from a later epoch already has the lower lr
+            self.search.drop_lr(self.search.cfg.lr_drop_factor)
+        record = self.search.run_epoch(self.data, self.batch_size, self.seed, epoch, advance)
+        # a masked forward + backward per sample, and the teacher's forwards (KL objectives)
+        self.work.count("train", record["samples"])
+        if record["teacher_samples"]:
+            self.work.count("forward", record["teacher_samples"])
+        return record
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.search.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.search.load_state_dict(state)
+
+    def summary(self, record: Record) -> str:
+        return f"R {record['objective']:.4f} E[d] {record['expected_density']:.5f}"
+
+    def log_epoch(self, r: Record, end_epoch: int) -> None:
+        log.info("cts epoch %d/%d  %s %.4f  expected density %.5f (target %.5f)  theta>0 %.5f  lambda %.4g  "
+                 "(%.1fs)", r["epoch"], end_epoch, self.search.objective_name, r["objective"],
+                 r["expected_density"], r["target_density"], r["density_theta_positive"], r["lambda"], r["time"])
 
 
 class CTSPruner(Pruner):
-    key = "cts"
     Config = CTSConfig
 
     def prune(self, ctx: PruneContext) -> PruneResult:
         cfg: CTSConfig = self.cfg  # type: ignore[assignment]
         search = build_search(ctx, cfg)
         epochs = search_epochs(cfg, ctx.cfg.train.epochs)
-        drop = drop_epoch(cfg, epochs)
         batch = cfg.batch_size or ctx.cfg.train.batch_size
-        work = ctx.out.child("cts").start()
-        checkpoints = Checkpoints(work.path / "checkpoints", keep=ctx.runtime.keep_checkpoints)
-        history: list[dict[str, Any]] = []
-        first = 0
-        state = checkpoints.latest()
-        if state is not None:
-            search.load_state_dict(state)
-            work.restore_clock(state["clock"])
-            history, first = list(state["history"]), int(state["epoch"])
-            log.info("cts: resuming the search at epoch %d/%d", first, epochs)
+        work = ctx.out.child(CTS_SEARCH).start()
         log.info("cts: %d search epochs, objective %s, control %s, %d logits, target density %.5f", epochs,
                  search.objective_name, Control(cfg.control).value, search.layout.total, ctx.density)
         if search.needs_teacher:
             reason = search.teacher_cache_reason(ctx.data)
             log.info("cts: %s", "teacher logits computed once and reused every epoch" if reason is None
                      else f"teacher runs every step ({reason})")
-        steps = math.ceil(ctx.data.train_x.shape[0] / batch)
-        with batch_statistics(ctx.model), progress_bar(ctx.runtime.progress) as bar:
-            task = bar.add_task("cts search", total=(epochs - first) * steps, info="")
-            for epoch in range(first, epochs):
-                if epoch == drop:  # once: a state resumed from a later epoch already has the lower lr
-                    search.drop_lr(cfg.lr_drop_factor)
-                record = search.run_epoch(ctx.data, batch, ctx.seed, epoch, lambda: bar.advance(task))
-                # a masked forward + backward per sample, and the teacher's forwards (KL objectives)
-                work.count("train", record["samples"])
-                if record["teacher_samples"]:
-                    work.count("forward", record["teacher_samples"])
-                history.append(record)
-                bar.update(task, info=f"R {record['objective']:.4f} E[d] {record['expected_density']:.5f}")
-                _log_epoch(record, epochs, search.objective_name)
-                checkpoints.save(epoch + 1, {"epoch": epoch + 1, "history": history, "clock": work.clock_state(),
-                                             **search.state_dict()})
-                save_json(work.path / "metrics.json", history)
-                work.checkpoint_clock()
+        loop = EpochLoop(work, start_epoch=0, end_epoch=epochs,
+                         steps_per_epoch=math.ceil(ctx.data.train_x.shape[0] / batch), description="cts search",
+                         progress=ctx.runtime.progress, keep_checkpoints=ctx.runtime.keep_checkpoints,
+                         callbacks=ctx.callbacks)
+        with batch_statistics(ctx.model):
+            history = loop.run(SearchEpochs(search, ctx.data, batch, ctx.seed, epochs, work))
         work.mark_done(epochs=epochs)
         scores = search.scores()
         info = {"epochs": epochs, "objective": search.objective_name, "control": Control(cfg.control).value,
                 "final": history[-1] if history else None, "history": history}
         return PruneResult(masks=topk_masks(scores, ctx.keep), scores=scores, info=info)
-
-
-def _log_epoch(r: dict[str, Any], epochs: int, objective_name: str) -> None:
-    log.info("cts epoch %d/%d  %s %.4f  expected density %.5f (target %.5f)  theta>0 %.5f  lambda %.4g  "
-             "(%.1fs)", r["epoch"], epochs, objective_name, r["objective"], r["expected_density"],
-             r["target_density"], r["density_theta_positive"], r["lambda"], r["time"])

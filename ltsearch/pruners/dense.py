@@ -7,7 +7,6 @@ from ltsearch.pruners.base import PruneContext, Pruner, PruneResult
 
 
 class DensePruner(Pruner):
-    key = "dense"
     ignores_sparsity = True
 
     def prune(self, ctx: PruneContext) -> PruneResult:

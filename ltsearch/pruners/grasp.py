@@ -60,7 +60,6 @@ def grasp_scores(model: nn.Module, x: Tensor, y: Tensor, temperature: float,
 
 
 class GraspPruner(ScorePruner):
-    key = "grasp"
     Config = GraspConfig
 
     def scores(self, ctx: PruneContext) -> dict[str, Tensor]:

@@ -35,8 +35,9 @@ from torch import Tensor
 
 from ltsearch.config import When
 from ltsearch.masking import Masks, attach_masks, count, full_masks, keep_count, plain_state_dict, topk_masks
+from ltsearch.paths import CHECKPOINTS, LEVELS, MASK, WEIGHTS, imp_level
 from ltsearch.pruners.base import PruneContext, Pruner, PrunerConfig, PruneResult
-from ltsearch.rundir import StageDir
+from ltsearch.rundir import ArtifactDir
 
 log = logging.getLogger(__name__)
 
@@ -73,12 +74,11 @@ def layer_quotas(density: float, sizes: dict[str, int]) -> dict[str, int]:
     return quotas
 
 
-def level_dir(ctx: PruneContext, level: int) -> StageDir:
-    return ctx.out.child(f"level_{level:02d}")
+def level_dir(ctx: PruneContext, level: int) -> ArtifactDir:
+    return ctx.out.child(imp_level(level))
 
 
 class IMPPruner(Pruner):
-    key = "imp"
     Config = IMPConfig
 
     def start_epoch(self, ctx: PruneContext) -> int:
@@ -100,26 +100,26 @@ class IMPPruner(Pruner):
             masks.update(topk_masks({name: s}, quotas[name], keep_mask={name: kept[name]}))
         return masks
 
-    def train_level(self, ctx: PruneContext, out: StageDir, level: int, masks: Masks) -> float | None:
+    def train_level(self, ctx: PruneContext, out: ArtifactDir, level: int, masks: Masks) -> float | None:
         """Rewind to the pruning point, apply `masks`, train to the end; resumable under `out`."""
-        if ctx.trainer is None:
-            raise RuntimeError("IMP needs a trainer in its PruneContext (the search stage provides one)")
+        if ctx.train is None:
+            raise RuntimeError("IMP needs a train function in its PruneContext (the search stage provides one)")
         out.start()
-        out.save_tensors("mask.pt", masks)
+        out.save_tensors(MASK, masks)
         model = copy.deepcopy(ctx.model)  # the pruning point: w0 (IMP) or w_k (LTR)
         if level > 0:
             attach_masks(model, masks)
         log.info("%s: level %d, %d of %d weights, epochs %d to %d", self.cfg.label or "imp", level,
                  count(masks)[0], ctx.total, self.start_epoch(ctx), ctx.cfg.train.epochs)
-        history = ctx.trainer(model, key=f"imp-level-{level}", out=out, start_epoch=self.start_epoch(ctx))
-        out.save_tensors("weights.pt", plain_state_dict(model))
+        history = ctx.train(model, stream=f"imp-level-{level}", out=out, start_epoch=self.start_epoch(ctx))
+        out.save_tensors(WEIGHTS, plain_state_dict(model))
         acc = history[-1].get("test_acc") if history else None
         out.mark_done(level=level, test_acc=acc)
         # The epoch checkpoints only served resumption; the next levels need weights.pt alone.
-        shutil.rmtree(out.path / "checkpoints", ignore_errors=True)
+        shutil.rmtree(out.path / CHECKPOINTS, ignore_errors=True)
         return acc
 
-    def train_shared(self, ctx: PruneContext, out: StageDir, level: int, masks: Masks) -> None:
+    def train_shared(self, ctx: PruneContext, out: ArtifactDir, level: int, masks: Masks) -> None:
         """Train a level, or copy it from the cache: every level before the last depends only on the
         upstream config, the IMP settings and the level, so runs to different sparsities share them."""
         if ctx.cache is None:
@@ -129,7 +129,7 @@ class IMPPruner(Pruner):
         spec = {**ctx.upstream, "imp": {"when": When(self.cfg.when).value, "rate": self.cfg.rate,
                                         "layerwise": self.cfg.layerwise},
                 "level": level, "kept": count(masks)[0]}
-        ctx.cache.stage("imp_level", spec, out, lambda: self.train_level(ctx, out, level, masks))
+        ctx.cache.reuse_or_compute("imp_level", spec, out, lambda: self.train_level(ctx, out, level, masks))
 
     def prune(self, ctx: PruneContext) -> PruneResult:
         levels = num_levels(ctx.density, self.cfg.rate)
@@ -139,14 +139,14 @@ class IMPPruner(Pruner):
         for level in range(levels + 1):
             out = level_dir(ctx, level)
             if level > 0 and (level == levels or not out.done):
-                trained = level_dir(ctx, level - 1).load_tensors("weights.pt")
+                trained = level_dir(ctx, level - 1).load_tensors(WEIGHTS)
                 scores = {name: trained[name].abs().masked_fill(~masks[name], float("-inf")) for name in masks}
                 masks = self.select(ctx, scores, masks, level, levels)
             elif level > 0:
-                masks = out.load_tensors("mask.pt")
+                masks = out.load_tensors(MASK)
             if level == levels:
                 out.start()
-                out.save_tensors("mask.pt", masks)
+                out.save_tensors(MASK, masks)
                 out.mark_done(level=level, test_acc=None)
                 acc = None
             else:
@@ -154,7 +154,7 @@ class IMPPruner(Pruner):
                 acc = out.info()["test_acc"]
             kept, total = count(masks)
             records.append({"level": level, "density": kept / total, "kept": kept, "total": total, "test_acc": acc})
-        ctx.out.save_json("levels.json", records)
+        ctx.out.save_json(LEVELS, records)
         info = {"levels": records, "rate": self.cfg.rate, "layerwise": self.cfg.layerwise,
                 "start_epoch": self.start_epoch(ctx), "num_levels": levels}
         return PruneResult(masks, scores, info)

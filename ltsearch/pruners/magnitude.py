@@ -8,7 +8,6 @@ from ltsearch.pruners.base import PruneContext, ScorePruner, weights_at
 
 
 class MagnitudePruner(ScorePruner):
-    key = "magnitude"
 
     def scores(self, ctx: PruneContext) -> dict[str, Tensor]:
         return {name: w.abs() for name, w in weights_at(ctx).items()}

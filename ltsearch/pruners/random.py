@@ -9,7 +9,6 @@ from ltsearch.pruners.base import PruneContext, ScorePruner, uniform_scores
 
 
 class RandomPruner(ScorePruner):
-    key = "random"
 
     def scores(self, ctx: PruneContext) -> dict[str, Tensor]:
         return uniform_scores(ctx, "random-pruner")

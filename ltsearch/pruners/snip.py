@@ -65,7 +65,6 @@ def snip_scores(model: nn.Module, x: Tensor, y: Tensor, exclude: list[str] | tup
 
 
 class SnipPruner(ScorePruner):
-    key = "snip"
     Config = SnipConfig
 
     def scores(self, ctx: PruneContext) -> dict[str, Tensor]:

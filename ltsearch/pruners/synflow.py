@@ -71,7 +71,6 @@ def synflow_rounds(net: nn.Module, x: Tensor, keeps: list[int],
 
 
 class SynFlowPruner(Pruner):
-    key = "synflow"
     Config = SynFlowConfig
 
     def prune(self, ctx: PruneContext) -> PruneResult:

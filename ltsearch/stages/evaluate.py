@@ -12,41 +12,44 @@ from typing import Any
 
 from rich.table import Table
 
-from ltsearch.config import STAGE_ORDER, config_container
+from ltsearch.config import config_container
+from ltsearch.context import RunContext
 from ltsearch.cost import cost_summary, flops_per_sample
-from ltsearch.masking import attach_masks, effective_density_report, keep_count, load_plain_state_dict
-from ltsearch.pipeline import RunContext
-from ltsearch.rundir import StageDir
+from ltsearch.masking import effective_density_report, keep_count
+from ltsearch.paths import (
+    EVALUATE,
+    FINAL,
+    METRICS,
+    RESULTS,
+    RETRAIN,
+    REWIND,
+    SANITY,
+    SANITY_SUMMARY,
+    SEARCH,
+    TICKET,
+)
+from ltsearch.rundir import ArtifactDir
 from ltsearch.runtime import console
 from ltsearch.training.evaluate import evaluate
 
 log = logging.getLogger(__name__)
-REQUIRES = ("rewind",)
 
 
-def final_weights(ctx: RunContext) -> tuple[dict[str, Any], str]:
-    retrain = ctx.stage("retrain")
-    if retrain.done:
-        return retrain.load_tensors("final.pt"), "retrain"
-    return ctx.stage("rewind").load_tensors("ticket.pt"), "rewind"
-
-
-def run(ctx: RunContext, out: StageDir) -> dict[str, Any]:
-    weights, source = final_weights(ctx)
-    model = ctx.new_model()
-    load_plain_state_dict(model, weights["state_dict"])
-    attach_masks(model, weights["masks"])
+def run(ctx: RunContext, out: ArtifactDir) -> dict[str, Any]:
+    source = RETRAIN if ctx.stage_dir(RETRAIN).done else REWIND
+    model, _ = ctx.load_network(source, FINAL if source == RETRAIN else TICKET)
     test = evaluate(model, ctx.data, ctx.runtime, "test", ctx.cfg.train.eval_batch_size)
     out.count("forward", ctx.data.test_x.shape[0])
     measured = effective_density_report(model, ctx.cfg.model.exclude)
-    search = ctx.stage("search")
+    search = ctx.stage_dir(SEARCH)
+    sanity = ctx.stage_dir(SANITY)
     total_params = sum(p.numel() for p in model.parameters())
-    done = {s: ctx.stage(s).info() for s in STAGE_ORDER if ctx.stage(s).done}
+    done = {s: ctx.stage_dir(s).info() for s in ctx.stage_names if ctx.stage_dir(s).done}
     times = {s: info["wall_time"] for s, info in done.items()}
     # the cost of finding and training the ticket; the sanity checks are listed, not counted
-    counted = tuple(s for s in STAGE_ORDER if s != "sanity")
+    counted = tuple(s for s in ctx.stage_names if s != SANITY)
     elapsed = out.elapsed()  # this stage's time up to the record (writing it is not counted)
-    stages = {**done, "evaluate": {"wall_time": elapsed, "compute": dict(out.compute)}}
+    stages = {**done, EVALUATE: {"wall_time": elapsed, "compute": dict(out.compute)}}
     cost = cost_summary(ctx.run_dir, stages, flops_per_sample(ctx.new_model(), ctx.data.input_shape,
                                                              ctx.runtime.device),
                         ctx.data.train_x.shape[0], counted)
@@ -71,15 +74,15 @@ def run(ctx: RunContext, out: StageDir) -> dict[str, Any]:
         "parameters": {"total": total_params, "prunable": measured["total"],
                        "nonzero_prunable": measured["kept"],
                        "unprunable": total_params - measured["total"]},
-        "pruning_point": search.load_json("metrics.json") if search.done else None,
+        "pruning_point": search.load_json(METRICS) if search.done else None,
         # total = the cost of finding and training the ticket; the sanity checks are listed, not counted.
-        "wall_time": {**times, "evaluate": elapsed,
-                      "total": sum(t for s, t in times.items() if s != "sanity") + elapsed},
-        "sanity": ctx.stage("sanity").load_json("sanity.json") if ctx.stage("sanity").done else None,
+        "wall_time": {**times, EVALUATE: elapsed,
+                      "total": sum(t for s, t in times.items() if s != SANITY) + elapsed},
+        "sanity": sanity.load_json(SANITY_SUMMARY) if sanity.done else None,
         "cost": cost,
         "config": config_container(ctx.cfg),
     }
-    out.save_json("results.json", results)
+    out.save_json(RESULTS, results)
     print_summary(results)
     return {"test_acc": test["acc"]}
 

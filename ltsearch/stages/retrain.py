@@ -7,26 +7,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch import nn
-
-from ltsearch.masking import attach_masks, load_plain_state_dict, plain_state_dict
-from ltsearch.pipeline import RunContext
-from ltsearch.rundir import StageDir
-
-REQUIRES = ("rewind",)
+from ltsearch.context import RunContext
+from ltsearch.masking import plain_state_dict
+from ltsearch.paths import FINAL, REWIND, TICKET
+from ltsearch.rundir import ArtifactDir
 
 
-def load_ticket(ctx: RunContext) -> tuple[nn.Module, dict[str, Any]]:
-    ticket = ctx.stage("rewind").load_tensors("ticket.pt")
-    model = ctx.new_model()
-    load_plain_state_dict(model, ticket["state_dict"])
-    attach_masks(model, ticket["masks"])
-    return model, ticket
-
-
-def run(ctx: RunContext, out: StageDir) -> dict[str, Any]:
-    model, ticket = load_ticket(ctx)
+def run(ctx: RunContext, out: ArtifactDir) -> dict[str, Any]:
+    model, ticket = ctx.load_network(REWIND, TICKET)
     history = ctx.train(model, "retrain", out, start_epoch=int(ticket["start_epoch"]))
-    out.save_tensors("final.pt", {"state_dict": plain_state_dict(model), "masks": ticket["masks"]})
+    out.save_tensors(FINAL, {"state_dict": plain_state_dict(model), "masks": ticket["masks"]})
     last = history[-1] if history else {}
     return {"epochs": len(history), "test_acc": last.get("test_acc")}

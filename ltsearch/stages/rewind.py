@@ -7,19 +7,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from ltsearch.masking import attach_masks, load_plain_state_dict, plain_state_dict
-from ltsearch.pipeline import RunContext
-from ltsearch.rundir import StageDir
+from ltsearch.context import RunContext
+from ltsearch.masking import plain_state_dict
+from ltsearch.paths import MASK, PRUNING_POINT, SEARCH, TICKET
+from ltsearch.rundir import ArtifactDir
 
-REQUIRES = ("search",)
 
-
-def run(ctx: RunContext, out: StageDir) -> dict[str, Any]:
-    search = ctx.stage("search")
-    masks = search.load_tensors("mask.pt")
-    model = ctx.new_model()
-    load_plain_state_dict(model, search.load_tensors("pruning_point.pt"))
-    attach_masks(model, masks)
-    out.save_tensors("ticket.pt", {"state_dict": plain_state_dict(model), "masks": masks,
-                                   "start_epoch": ctx.pruning_epoch})
+def run(ctx: RunContext, out: ArtifactDir) -> dict[str, Any]:
+    search = ctx.stage_dir(SEARCH)
+    masks = search.load_tensors(MASK)
+    model = ctx.model_with(search.load_tensors(PRUNING_POINT), masks)
+    out.save_tensors(TICKET, {"state_dict": plain_state_dict(model), "masks": masks,
+                              "start_epoch": ctx.pruning_epoch})
     return {"start_epoch": ctx.pruning_epoch}

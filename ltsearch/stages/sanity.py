@@ -41,14 +41,28 @@ from rich.table import Table
 from torch import Tensor
 
 from ltsearch.config import SanityVariant, When
-from ltsearch.masking import Masks, attach_masks, count, load_plain_state_dict
-from ltsearch.pipeline import RunContext
-from ltsearch.rundir import StageDir
+from ltsearch.context import RunContext
+from ltsearch.masking import Masks, count, plain_state_dict
+from ltsearch.paths import (
+    CHECKPOINTS,
+    FINAL,
+    MASK,
+    METRICS,
+    PRUNING_POINT,
+    RETRAIN,
+    REWIND,
+    SANITY_SUMMARY,
+    SCORES,
+    SEARCH,
+    TICKET,
+    VARIANT_RESULT,
+)
+from ltsearch.rundir import ArtifactDir
 from ltsearch.runtime import console
 from ltsearch.seeding import derive_seed, generator
+from ltsearch.training.evaluate import evaluate
 
 log = logging.getLogger(__name__)
-REQUIRES = ("retrain",)
 
 DEFINITIONS = {
     "shuffle": "per-layer kept counts of the ticket, positions uniformly random within each layer (seeded); "
@@ -121,10 +135,10 @@ def build_variant(ctx: RunContext, variant: str, masks: Masks, start: dict[str, 
         new = shuffle_masks(masks, generator(seed, "sanity", "shuffle"))
         return new, _weights_with(start, new), DEFINITIONS[variant]
     if variant == SanityVariant.invert.value:
-        scores_path = ctx.stage("search").path / "scores.pt"
-        if not scores_path.exists():
+        search = ctx.stage_dir(SEARCH)
+        if not (search.path / SCORES).exists():
             return f"method {ctx.cfg.pruner.name} wrote no per-weight scores (search/scores.pt)"
-        scores = ctx.stage("search").load_tensors("scores.pt")
+        scores = search.load_tensors(SCORES)
         if set(scores) != set(masks) or any(scores[n].shape != masks[n].shape for n in masks):
             return "search/scores.pt does not cover the same weights as the mask"
         new = invert_masks(scores, masks)
@@ -143,47 +157,37 @@ def build_variant(ctx: RunContext, variant: str, masks: Masks, start: dict[str, 
 
 
 def _fresh_weights(ctx: RunContext, seed: int) -> dict[str, Tensor]:
-    from ltsearch.masking import plain_state_dict
-
     return plain_state_dict(ctx.new_model(seed=seed))
 
 
 # -- the stage -------------------------------------------------------------------------------------------------
 def ticket_accuracy(ctx: RunContext) -> float:
-    retrain = ctx.stage("retrain")
-    metrics_path = retrain.path / "metrics.json"
-    if metrics_path.exists():
-        records = [r for r in retrain.load_json("metrics.json") if "test_acc" in r]
+    retrain = ctx.stage_dir(RETRAIN)
+    if (retrain.path / METRICS).exists():
+        records = [r for r in retrain.load_json(METRICS) if "test_acc" in r]
         if records:
             return float(records[-1]["test_acc"])
-    from ltsearch.training.evaluate import evaluate
-
-    final = retrain.load_tensors("final.pt")
-    model = ctx.new_model()
-    load_plain_state_dict(model, final["state_dict"])
-    attach_masks(model, final["masks"])
+    model, _ = ctx.load_network(RETRAIN, FINAL)
     return float(evaluate(model, ctx.data, ctx.runtime, "test", ctx.cfg.train.eval_batch_size)["acc"])
 
 
-def run_variant(ctx: RunContext, out: StageDir, variant: str, masks: Masks, start_weights: dict[str, Tensor],
+def run_variant(ctx: RunContext, out: ArtifactDir, variant: str, masks: Masks, start_weights: dict[str, Tensor],
                 start_epoch: int) -> dict[str, Any]:
     """Retrain one variant under `out` (resumable); return {accuracy, ...} or {skipped_reason}."""
     if out.done:
-        return out.load_json("result.json")
+        return out.load_json(VARIANT_RESULT)
     built = build_variant(ctx, variant, masks, start_weights)
     if isinstance(built, str):
         log.info("sanity %s: skipped: %s", variant, built)
         result: dict[str, Any] = {"variant": variant, "accuracy": None, "skipped_reason": built}
         out.start()
-        out.save_json("result.json", result)
+        out.save_json(VARIANT_RESULT, result)
         out.mark_done(skipped=True)
         return result
     vmasks, weights, definition = built
     out.start()
-    out.save_tensors("mask.pt", vmasks)
-    model = ctx.new_model()
-    load_plain_state_dict(model, weights)
-    attach_masks(model, vmasks)
+    out.save_tensors(MASK, vmasks)
+    model = ctx.model_with(weights, vmasks)
     log.info("sanity %s: retraining from epoch %d (%s)", variant, start_epoch, definition)
     history = ctx.train(model, "retrain", out, start_epoch=start_epoch)
     accuracy = float(history[-1]["test_acc"])
@@ -192,20 +196,20 @@ def run_variant(ctx: RunContext, out: StageDir, variant: str, masks: Masks, star
     result = {"variant": variant, "accuracy": accuracy, "skipped_reason": None, "definition": definition,
               "kept": sum(kept.values()), "overlap_with_ticket": overlap, "start_epoch": start_epoch,
               "epochs": len(history)}
-    out.save_json("result.json", result)
+    out.save_json(VARIANT_RESULT, result)
     out.mark_done(accuracy=accuracy)
     # The epoch checkpoints only served resumption; the verdict needs the accuracy alone.
-    shutil.rmtree(out.path / "checkpoints", ignore_errors=True)
+    shutil.rmtree(out.path / CHECKPOINTS, ignore_errors=True)
     return result
 
 
-def run(ctx: RunContext, out: StageDir) -> dict[str, Any]:
-    ticket = ctx.stage("rewind").load_tensors("ticket.pt")
+def run(ctx: RunContext, out: ArtifactDir) -> dict[str, Any]:
+    ticket = ctx.stage_dir(REWIND).load_tensors(TICKET)
     masks: Masks = {n: m.bool() for n, m in ticket["masks"].items()}
     start_epoch = int(ticket["start_epoch"])
     # The dense weights the ticket starts from (w0, or w_k at the rewind point): a variant that keeps the
     # ticket's weights needs them at positions the ticket pruned too.
-    start_weights = ctx.stage("search").load_tensors("pruning_point.pt")
+    start_weights = ctx.stage_dir(SEARCH).load_tensors(PRUNING_POINT)
     ticket_acc = ticket_accuracy(ctx)
     threshold = float(ctx.cfg.sanity.margin)
     variants: dict[str, Any] = {}
@@ -235,7 +239,7 @@ def run(ctx: RunContext, out: StageDir) -> dict[str, Any]:
         "passed_all": bool(tested) and all(v["passed"] for v in tested),
         "variants": variants,
     }
-    out.save_json("sanity.json", summary)
+    out.save_json(SANITY_SUMMARY, summary)
     print_verdicts(summary)
     return {"passed_all": summary["passed_all"]}
 

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ltsearch.config import LayerCollapse
+from ltsearch.context import RunContext
 from ltsearch.errors import ConfigError
 from ltsearch.masking import (
     Masks,
@@ -27,34 +28,32 @@ from ltsearch.masking import (
     plain_state_dict,
     prunable_modules,
 )
-from ltsearch.objectives import NAMES as OBJECTIVES
-from ltsearch.objectives import objective
-from ltsearch.pipeline import RunContext
-from ltsearch.pruners import PruneContext
-from ltsearch.rundir import StageDir
+from ltsearch.objectives import evaluate_all
+from ltsearch.paths import DENSITY, MASK, METRICS, PRETRAIN, PRUNING_POINT, SCORES, WEIGHTS
+from ltsearch.rundir import ArtifactDir
+from ltsearch.training.evaluate import evaluate, predict
 
 log = logging.getLogger(__name__)
-REQUIRES: tuple[str, ...] = ()
 OBJECTIVE_SAMPLES = 4096  # training samples on which the pruning-point objective is measured
 
 
-def pruning_point(ctx: RunContext, out: StageDir) -> nn.Module:
+def pruning_point(ctx: RunContext, out: ArtifactDir) -> nn.Module:
     """The dense network at the pruning point: w0, or w0 trained for `rewind_epoch` epochs (resumable,
     and shared through the cache by every run with the same upstream config)."""
     model = ctx.new_model()
     if ctx.pruning_epoch == 0:
         return model
-    pre = out.child("pretrain")
+    pre = out.child(PRETRAIN)
 
     def pretrain() -> None:
         pre.start()
         log.info("search: dense training to the rewind point (epoch %d)", ctx.pruning_epoch)
         ctx.train(model, "dense", pre, start_epoch=0, end_epoch=ctx.pruning_epoch)
-        pre.save_tensors("weights.pt", plain_state_dict(model))
+        pre.save_tensors(WEIGHTS, plain_state_dict(model))
         pre.mark_done(epochs=ctx.pruning_epoch)
 
-    ctx.cache.stage("pretrain", {**ctx.upstream_spec(), "epochs": ctx.pruning_epoch}, pre, pretrain)
-    load_plain_state_dict(model, pre.load_tensors("weights.pt"))
+    ctx.cache.reuse_or_compute("pretrain", {**ctx.upstream_spec(), "epochs": ctx.pruning_epoch}, pre, pretrain)
+    load_plain_state_dict(model, pre.load_tensors(WEIGHTS))
     return model
 
 
@@ -85,53 +84,38 @@ def check_collapse(ctx: RunContext, report: dict[str, Any]) -> None:
 
 
 @torch.no_grad()
-def preservation(ctx: RunContext, out: StageDir, model: nn.Module, masks: Masks) -> dict[str, Any]:
+def preservation(ctx: RunContext, out: ArtifactDir, model: nn.Module, masks: Masks) -> dict[str, Any]:
     """How much of the dense function the hard mask keeps at the pruning point, before any retraining:
     every objective (task, forward/reverse KL against the unmasked network) on a fixed training subset,
     and test accuracy. BatchNorm runs on batch statistics, as in the CTS search."""
-    dense_logits, masked_logits, targets = [], [], []
-    x_all, y_all = ctx.data.sample(OBJECTIVE_SAMPLES, ctx.cfg.seed, "objective", device=ctx.runtime.device)
-    batch = ctx.cfg.train.batch_size
+    x_all, targets = ctx.data.sample(OBJECTIVE_SAMPLES, ctx.cfg.seed, "objective", device=ctx.runtime.device)
+    batches = x_all.split(ctx.cfg.train.batch_size)
     with batch_statistics(model):
-        for start in range(0, y_all.numel(), batch):
-            with ctx.runtime.autocast():
-                dense_logits.append(model(x_all[start: start + batch]).float())
+        teacher = predict(model, batches, ctx.runtime.autocast)
         attach_masks(model, masks)
-        for start in range(0, y_all.numel(), batch):
-            with ctx.runtime.autocast():
-                masked_logits.append(model(x_all[start: start + batch]).float())
-        targets = y_all
-        student, teacher = torch.cat(masked_logits), torch.cat(dense_logits)
-        values = {name: float(objective(name, student, teacher, targets, ctx.cfg.objective.temperature))
-                  for name in OBJECTIVES}
-        correct = total = 0
-        for x, y in ctx.data.eval_batches("test", ctx.cfg.train.eval_batch_size, ctx.runtime.device):
-            with ctx.runtime.autocast():
-                correct += int((model(x).argmax(1) == y).sum())
-            total += y.numel()
-    out.count("forward", 2 * int(targets.numel()) + total)
+        student = predict(model, batches, ctx.runtime.autocast)
+    values = evaluate_all(student, teacher, targets, ctx.cfg.objective.temperature)
+    test = evaluate(model, ctx.data, ctx.runtime, "test", ctx.cfg.train.eval_batch_size, batch_stats=True)
+    out.count("forward", 2 * int(targets.numel()) + ctx.data.test_x.shape[0])
     return {"objective": values, "train_subset_acc": float((student.argmax(1) == targets).float().mean()),
-            "test_acc": correct / total, "samples": int(targets.numel()), "batchnorm": "batch statistics"}
+            "test_acc": test["acc"], "samples": int(targets.numel()), "batchnorm": "batch statistics"}
 
 
-def run(ctx: RunContext, out: StageDir) -> dict[str, Any]:
+def run(ctx: RunContext, out: ArtifactDir) -> dict[str, Any]:
     model = pruning_point(ctx, out)
-    out.save_tensors("pruning_point.pt", plain_state_dict(model))
-    pctx = PruneContext(model=model, data=ctx.data, cfg=ctx.cfg, runtime=ctx.runtime, out=out,
-                        seed=ctx.cfg.seed, density=ctx.target_density, trainer=ctx.train, cache=ctx.cache,
-                        upstream=ctx.upstream_spec())
+    out.save_tensors(PRUNING_POINT, plain_state_dict(model))
+    pctx = ctx.prune_context(model, out)
     log.info("search: %s keeps %d of %d prunable weights (density %.5f)", ctx.label or ctx.cfg.pruner.name,
              pctx.keep, pctx.total, ctx.target_density)
     result = ctx.pruner.prune(pctx)
     masks = {name: m.bool().cpu() for name, m in result.masks.items()}
     check_masks(ctx, model, masks)
-    out.save_tensors("mask.pt", masks)
+    out.save_tensors(MASK, masks)
     if result.scores is not None:
-        out.save_tensors("scores.pt", {name: s.float().cpu() for name, s in result.scores.items()})
+        out.save_tensors(SCORES, {name: s.float().cpu() for name, s in result.scores.items()})
     report = density_report(masks)
-    out.save_json("density.json", report)
+    out.save_json(DENSITY, report)
     check_collapse(ctx, report)
-    fresh = ctx.new_model()
-    load_plain_state_dict(fresh, out.load_tensors("pruning_point.pt"))
-    out.save_json("metrics.json", {"pruner": result.info, "pruning_point": preservation(ctx, out, fresh, masks)})
+    fresh = ctx.model_with(out.load_tensors(PRUNING_POINT))
+    out.save_json(METRICS, {"pruner": result.info, "pruning_point": preservation(ctx, out, fresh, masks)})
     return {"kept": report["kept"], "total": report["total"]}

@@ -1,31 +1,53 @@
-"""Loss and accuracy of a model over a split, through the same (masked) forward path as training."""
+"""Forward passes without training: loss and accuracy over a split, and logits in batches.
+
+Both go through the same (masked) forward path as training. `batch_stats=True` runs BatchNorm on each
+batch's own statistics with the saved running statistics left untouched: how a mask is judged at the
+pruning point (the CTS authors' networks normalise with batch statistics everywhere).
+"""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterable
+from typing import Any
+
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from ltsearch.data import Data
+from ltsearch.masking import batch_statistics
 from ltsearch.runtime import Runtime
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Data, runtime: Runtime, split: str = "test", batch_size: int = 1000,
-             limit: int = 0) -> dict[str, float]:
-    """Mean cross-entropy and accuracy (eval mode: BatchNorm uses running statistics)."""
+             limit: int = 0, batch_stats: bool = False) -> dict[str, float]:
+    """Mean cross-entropy and accuracy in eval mode (BatchNorm on running statistics unless `batch_stats`)."""
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=runtime.device)
     correct = torch.zeros((), dtype=torch.int64, device=runtime.device)
     total = 0
-    for x, y in data.eval_batches(split, batch_size, runtime.device, limit):
-        if runtime.channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with runtime.autocast():
-            logits = model(x)
-        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").double()
-        correct += (logits.argmax(1) == y).sum()
-        total += y.numel()
+    with batch_statistics(model) if batch_stats else contextlib.nullcontext():
+        for x, y in data.eval_batches(split, batch_size, runtime.device, limit):
+            if runtime.channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with runtime.autocast():
+                logits = model(x)
+            loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").double()
+            correct += (logits.argmax(1) == y).sum()
+            total += y.numel()
     model.train(was_training)
     return {"loss": float(loss_sum) / total, "acc": float(correct) / total}
+
+
+@torch.no_grad()
+def predict(model: nn.Module, inputs: Iterable[Tensor],
+            autocast: Callable[[], Any] = contextlib.nullcontext) -> Tensor:
+    """The model's float logits for each input batch, concatenated (the model's mode is left as it is)."""
+    outputs = []
+    for x in inputs:
+        with autocast():
+            outputs.append(model(x).float())
+    return torch.cat(outputs)

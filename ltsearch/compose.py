@@ -1,0 +1,106 @@
+"""Composition and validation of a config against the schema and the registries (the app layer: it may
+import every registry, which the schema in `ltsearch.config` must not).
+
+`register_configs()` puts the schemas into Hydra's ConfigStore; `to_config(cfg)` turns a composed config
+into the typed `Config` (types, ranges, unknown keys) and checks every name that refers to a registry;
+`compose(*overrides)` does what `ltsearch run` does without a run folder, for tests, scripts and the API.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from ltsearch.config import (
+    Config,
+    DatasetConfig,
+    ModelConfig,
+    ObjectiveConfig,
+    TrainConfig,
+    config_container,
+    flatten,
+)
+from ltsearch.data import DATASETS
+from ltsearch.errors import ConfigError
+from ltsearch.models import MODELS
+from ltsearch.objectives import OBJECTIVES
+from ltsearch.pruners import PRUNERS
+from ltsearch.stages import STAGES
+
+
+def register_configs() -> None:
+    """Put the schemas into Hydra's ConfigStore (idempotent).
+
+    Root-level names (no group), so that schemas never appear as options in --help or glob() sweeps; a
+    group file extends its schema with `defaults: [/schema_<group>@_here_, _self_]`."""
+    cs = ConfigStore.instance()
+    cs.store(name="ltsearch_schema", node=Config)
+    cs.store(name="schema_model", node=ModelConfig)
+    cs.store(name="schema_dataset", node=DatasetConfig)
+    cs.store(name="schema_train", node=TrainConfig)
+    cs.store(name="schema_objective", node=ObjectiveConfig)
+    for name, pruner_cls in PRUNERS.items():
+        cs.store(name=f"schema_pruner_{name}", node=pruner_cls.Config)
+
+
+def to_config(cfg: DictConfig | Config) -> Config:
+    """Validate a composed config (types, enums, ranges, names) and return the typed object."""
+    if isinstance(cfg, Config):
+        return cfg
+    try:
+        obj = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as exc:
+        cause = exc.__cause__ if isinstance(exc.__cause__, ValueError) else None
+        raise ConfigError(f"invalid config: {cause or _first_line(exc)}") from exc
+    except ValueError as exc:
+        raise ConfigError(f"invalid config: {exc}") from exc
+    assert isinstance(obj, Config)
+    _check_unknown_keys(cfg, obj)
+    check_names(obj)
+    return obj
+
+
+def _check_unknown_keys(cfg: DictConfig, obj: Config) -> None:
+    """A key added with `+` (e.g. `+sparsty=0.5`) that no schema has would be dropped silently: refuse it."""
+    given = flatten(OmegaConf.to_container(cfg, resolve=False))
+    known = flatten(config_container(obj))
+    unknown = sorted(k for k in given if k not in known and not any(k.startswith(f"{kk}.") for kk in known))
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {', '.join(unknown)}: ltsearch has no such setting (check the "
+                          f"spelling; `ltsearch run --cfg job` prints every key)")
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def check_names(cfg: Config) -> None:
+    """Every name that refers to a registry must be in it."""
+    registries: tuple[tuple[str, str, dict[str, Any]], ...] = (
+        ("model.name", cfg.model.name, MODELS),
+        ("dataset.name", cfg.dataset.name, DATASETS),
+        ("pruner.name", cfg.pruner.name, PRUNERS),
+        ("objective.name", cfg.objective.name, OBJECTIVES),
+    )
+    for key, name, known in registries:
+        if name not in known:
+            raise ConfigError(f"unknown {key} '{name}'; known: {', '.join(sorted(known))}")
+    unknown = [s for s in cfg.stages if s not in STAGES]
+    if unknown:
+        raise ConfigError(f"unknown stage(s) {', '.join(map(repr, unknown))} in stages; known (in the order they "
+                          f"run): {', '.join(STAGES)}")
+
+
+def compose(*overrides: str) -> Config:
+    """Compose conf/config.yaml with overrides as `ltsearch run` does, and validate it (no run directory,
+    no logging setup, no multirun)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+
+    register_configs()
+    with initialize_config_module(config_module="ltsearch.conf", version_base="1.3"):
+        cfg = hydra_compose(config_name="config", overrides=list(overrides))
+    return to_config(cfg)

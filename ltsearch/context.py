@@ -1,0 +1,124 @@
+"""What every pipeline stage may use: the run's typed config, its folder, the runtime, the data (loaded on
+first use), the pruner, the artifact cache, and builders for models, training and pruning contexts."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ltsearch.cache import ArtifactCache
+from ltsearch.config import Config, When, config_container
+from ltsearch.data import Data, build_data
+from ltsearch.masking import Masks, attach_masks, load_plain_state_dict
+from ltsearch.models import build_model
+from ltsearch.paths import artifact_cache_dir
+from ltsearch.pruners import PruneContext, Pruner, build_pruner
+from ltsearch.rundir import ArtifactDir
+from ltsearch.runtime import Runtime
+from ltsearch.training.loop import Callback, Record
+from ltsearch.training.trainer import Trainer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunContext:
+    """One run's shared state. `stage_names`: every pipeline stage in the order they run (from the stage
+    registry); `callbacks` see every epoch of every loop the run trains or searches with."""
+
+    cfg: Config
+    run_dir: Path
+    runtime: Runtime
+    label: str = ""
+    stage_names: tuple[str, ...] = ()
+    callbacks: Sequence[Callback] = field(default_factory=tuple)
+
+    @cached_property
+    def data(self) -> Data:
+        data = build_data(self.cfg.dataset)
+        nbytes = sum(t.element_size() * t.numel() for t in (data.train_x, data.test_x))
+        where = self.runtime.data_device(nbytes)
+        if where.type == "cpu" and self.runtime.device.type == "cuda":
+            log.info("dataset (%.2f GiB) kept in host memory: batches are gathered into pinned memory one step "
+                     "ahead and copied asynchronously", nbytes / 2**30)
+            return replace(data, host_prefetch=True)
+        return data.to(where)
+
+    @cached_property
+    def pruner(self) -> Pruner:
+        return build_pruner(self.cfg.pruner)
+
+    @cached_property
+    def cache(self) -> ArtifactCache:
+        return ArtifactCache(artifact_cache_dir(self.cfg.runtime.cache_dir), enabled=self.cfg.runtime.cache)
+
+    @property
+    def pruning_epoch(self) -> int:
+        """Epoch of the schedule at which the mask is found and from which the ticket is retrained."""
+        return self.cfg.train.rewind_epoch if self.cfg.pruner.when == When.rewind else 0
+
+    @property
+    def target_density(self) -> float:
+        return 1.0 if self.pruner.ignores_sparsity else self.cfg.density
+
+    def stage_dir(self, name: str) -> ArtifactDir:
+        """The folder of pipeline stage `name`."""
+        return ArtifactDir(self.run_dir / name)
+
+    def upstream_spec(self) -> dict[str, Any]:
+        """What determines dense training from w0: model, data, schedule, seed and the numerics it runs
+        with (the key of cached pretraining and IMP levels)."""
+        container = config_container(self.cfg)
+        dataset = dict(container["dataset"])
+        dataset.pop("download")
+        if dataset["name"] != "imagefolder":  # a named dataset is the same data wherever it lies
+            dataset.pop("root")
+        else:
+            dataset["root"] = str(Path(dataset["root"]).expanduser().resolve())
+        rt = self.runtime
+        numerics = {"device": rt.device.type, "bf16": rt.bf16, "channels_last": rt.channels_last,
+                    "compile": rt.compile, "deterministic": self.cfg.runtime.deterministic,
+                    "torch": torch.__version__}
+        return {"model": container["model"], "dataset": dataset, "train": container["train"],
+                "seed": self.cfg.seed, "numerics": numerics}
+
+    def new_model(self, seed: int | None = None) -> nn.Module:
+        """The network at initialisation (w0 of `seed`, default the run seed), on the device."""
+        model = build_model(self.cfg.model, self.data.input_shape, self.data.num_classes,
+                            self.cfg.seed if seed is None else seed)
+        return self.runtime.place(model)
+
+    def model_with(self, weights: dict[str, Tensor], masks: Masks | None = None) -> nn.Module:
+        """A network holding `weights` (a plain state dict), with `masks` attached when given."""
+        model = self.new_model()
+        load_plain_state_dict(model, weights)
+        if masks is not None:
+            attach_masks(model, masks)
+        return model
+
+    def load_network(self, stage: str, artifact: str) -> tuple[nn.Module, dict[str, Any]]:
+        """The network saved as {"state_dict", "masks", ...} in `artifact` of a stage (the ticket, the
+        retrained ticket), with its masks attached, and the artifact itself."""
+        saved = self.stage_dir(stage).load_tensors(artifact)
+        return self.model_with(saved["state_dict"], saved["masks"]), saved
+
+    def train(self, model: nn.Module, stream: str, out: ArtifactDir, start_epoch: int,
+              end_epoch: int | None = None) -> list[Record]:
+        """Train `model` in place over epochs [start, end) of `train`, resumable under `out`."""
+        trainer = Trainer(model=model, data=self.data, cfg=self.cfg.train, runtime=self.runtime, out=out,
+                          seed=self.cfg.seed, stream=stream, start_epoch=start_epoch, end_epoch=end_epoch,
+                          callbacks=self.callbacks)
+        return trainer.fit()
+
+    def prune_context(self, model: nn.Module, out: ArtifactDir) -> PruneContext:
+        """What the pruner gets: the pruning-point network and this run's data, training, cache and hooks."""
+        return PruneContext(model=model, data=self.data, cfg=self.cfg, runtime=self.runtime, out=out,
+                            seed=self.cfg.seed, density=self.target_density, train=self.train, cache=self.cache,
+                            upstream=self.upstream_spec(), callbacks=self.callbacks)
