@@ -11,6 +11,9 @@ import os
 import sys
 from pathlib import Path
 
+from ltsearch import __version__
+from ltsearch.errors import LtsearchError
+
 USAGE = """usage: ltsearch <command> [args]
 
 commands:
@@ -112,7 +115,6 @@ def _completion(args: list[str]) -> int:
 
 def _resume(args: list[str]) -> int:
     from ltsearch.config import RUNTIME_KEYS
-    from ltsearch.errors import LtsearchError
     from ltsearch.rundir import read_record
 
     if not args or args[0].startswith("-"):
@@ -136,7 +138,6 @@ def _resume(args: list[str]) -> int:
 
 
 def _report(args: list[str]) -> int:
-    from ltsearch.errors import LtsearchError
     from ltsearch.report import main as report_main
 
     try:
@@ -152,8 +153,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command, rest = args[0], args[1:]
     if command in ("--version", "-V"):
-        from ltsearch import __version__
-
         print(f"ltsearch {__version__}")
         return 0
     if command in ("-sc", "--shell-completion"):

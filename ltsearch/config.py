@@ -91,23 +91,6 @@ class ModelConfig:
         _require(all(h > 0 for h in self.hidden), f"model.hidden sizes must be positive, got {self.hidden}")
 
 
-def model_label(model: dict[str, Any]) -> str:
-    """The name reports give a model config: the builder name plus what tells its variants apart
-    (resnet_cifar20 and resnet_cifar32, mlp-300-100 and mlp-256-256, "w16" for a set width, and a
-    non-default ResNet shortcut)."""
-    name = str(model.get("name") or "?")
-    depth, width, hidden = model.get("depth") or 0, model.get("width") or 0, model.get("hidden") or []
-    label = f"{name}{depth}" if depth else name
-    if hidden:
-        label += "-" + "-".join(str(h) for h in hidden)
-    if width:
-        label += f" w{width}"
-    shortcut = model.get("shortcut")
-    if name.startswith("resnet") and shortcut not in (None, Shortcut.conv1x1, Shortcut.conv1x1.value):
-        label += f" {getattr(shortcut, 'value', shortcut)} shortcuts"
-    return label
-
-
 @dataclass
 class DatasetConfig:
     """Where the data comes from and how it is normalised and augmented (on the training device)."""

@@ -28,10 +28,10 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from ltsearch import locks
-from ltsearch.config import model_label
 from ltsearch.paths import FAILURE, SUMMARY_CSV, SUMMARY_LOCK, SUMMARY_TXT
 from ltsearch.report import build_report, write_report
 from ltsearch.storage import load_json, save_json
+from ltsearch.tables import model_label
 
 log = logging.getLogger(__name__)
 

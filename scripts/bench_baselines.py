@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Benchmark of the pruning baselines on LeNet-300-100 / real MNIST (GitHub issue 4).
+"""Benchmark of the pruning baselines on LeNet-300-100 / real MNIST.
 
 Every method runs through the CLI, one run directory each (`OUT/runs/<method>/sparsity_<s>/seed_<k>`):
 
@@ -45,12 +45,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchlib import ensure_run  # noqa: E402
+from benchlib import REPO, data_root, ensure_run  # noqa: E402
 
+from ltsearch.paths import levels_file, results_file  # noqa: E402
 from ltsearch.report import Report, build_report  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_ROOT = REPO.parent / "shared" / "datasets"
+DEFAULT_ROOT = data_root()
 STAGES = "stages=[search,rewind,retrain,evaluate]"
 
 # method label -> overrides (the pruner option and, where it differs from the option's default, `when`)
@@ -78,7 +78,7 @@ def run_one(out: Path, method: str, overrides: list[str], sparsity: float, seed:
     path = run_dir(out, method, sparsity, seed)
     job = [*common, *overrides, f"sparsity={sparsity}", f"seed={seed}"]
     if dry_run:
-        done = (path / "evaluate" / "results.json").exists()
+        done = results_file(path).exists()
         print(f"{'finished' if done else 'to run'}: python -m ltsearch run {' '.join(job)} hydra.run.dir={path}")
         return done
     print(f"{method} sparsity {sparsity} seed {seed}: {path}", flush=True)
@@ -134,10 +134,10 @@ def ltr_versus_cts(report: Report, sparsity: float) -> str:
 
 def imp_curve(out: Path, sparsity: float, seed: int) -> str:
     path = run_dir(out, "ltr", sparsity, seed)
-    if not (path / "search" / "levels.json").exists():
+    if not levels_file(path).exists():
         return f"(no LTR run at sparsity {sparsity}, seed {seed})"
-    levels = json.loads((path / "search" / "levels.json").read_text())
-    results = path / "evaluate" / "results.json"
+    levels = json.loads(levels_file(path).read_text())
+    results = results_file(path)
     final = json.loads(results.read_text())["test_acc"] if results.exists() else None
     lines = ["| level | density % | kept | test acc % |", "|---|---|---|---|"]
     for level in levels:

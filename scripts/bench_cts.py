@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""CTS benchmark on LeNet-300-100 / real MNIST (issue 3).
+"""CTS benchmark on LeNet-300-100 / real MNIST.
 
 Two parts, each printed as a markdown table (and saved under --out):
 
@@ -29,10 +29,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_baselines import BASELINES, STAGES, run_dir  # noqa: E402
-from benchlib import ensure_run, fmt_mean_std, markdown_table, save_rows  # noqa: E402
+from benchlib import REPO, data_root, ensure_run, fmt_mean_std, markdown_table, save_rows  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "datasets"
+DATA = data_root()
 
 # The same names, overrides and folders as scripts/bench_baselines.py, so both scripts share finished runs.
 METHODS = {

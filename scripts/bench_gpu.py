@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""GPU benchmark of issue 6, prepared to run as one call on a lent GPU machine (also runs on a CPU with
+"""GPU benchmark, prepared to run as one call on a lent GPU machine (also runs on a CPU with
 --smoke, to check the script itself on tiny fake data).
 
   epoch     seconds per dense training epoch of ResNet-20 on CIFAR-10 (JPEG), the paper's batch 512, in
@@ -13,10 +13,10 @@
   bf16      scripts/check_cts_bf16.py: does bf16 autocast in the search select the fp32 mask up to seed
             noise?
 
-    python scripts/bench_gpu.py --root ../shared/datasets/cifar10-jpeg.tar.gz --out $OUT/gpu
+    python scripts/bench_gpu.py --root DATA_DIR/cifar10-jpeg.tar.gz --out $OUT/gpu
     python scripts/bench_gpu.py --smoke --out /tmp/bench_gpu_smoke          # CPU check of the script
 
-On a lent GPU machine (see the device tool's README): copy ../shared/datasets/cifar10-jpeg.tar.gz and the
+On a GPU machine without a package index: copy DATA_DIR/cifar10-jpeg.tar.gz and the
 wheels the machine lacks (hydra-core, omegaconf, antlr4-python3-runtime, mnist1d) into git-ignored folders
 named in `carry`, install the wheels, then run this script once with a timeout that leaves room for a
 rerun. Budget: the pipeline trains 9 + 151 dense epochs and searches 20 (1.4-1.6 dense epochs each), so
@@ -41,15 +41,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchlib import markdown_table  # noqa: E402
+from benchlib import REPO, data_root, markdown_table  # noqa: E402
 
 from ltsearch.compose import compose  # noqa: E402
 from ltsearch.context import RunContext  # noqa: E402
+from ltsearch.paths import results_file  # noqa: E402
 from ltsearch.rundir import ArtifactDir  # noqa: E402
 from ltsearch.runtime import Runtime  # noqa: E402
 from ltsearch.training.trainer import Trainer  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 SMOKE = ["dataset=fake", "dataset.shape=[3,32,32]", "dataset.train_size=512", "dataset.test_size=128",
          "train.epochs=4", "train.milestones=[2,3]", "train.rewind_epoch=1", "train.batch_size=128",
          "model.width=4"]
@@ -113,7 +113,7 @@ def pipeline(args: argparse.Namespace) -> None:
     (args.out / "pipeline.log").write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0:
         raise RuntimeError(f"the pipeline failed ({proc.returncode}); see {args.out / 'pipeline.log'}")
-    res = json.loads((run_dir / "evaluate" / "results.json").read_text())
+    res = json.loads(results_file(run_dir).read_text())
     stages = res["wall_time"]
     report(args, "CTS-KL pipeline to 0.993, one GPU" + (" (smoke)" if args.smoke else ""), [{
         "runtime": " ".join(args.runtime) or "defaults", "test acc %": f"{100 * res['test_acc']:.2f}",
@@ -137,7 +137,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--parts", nargs="+", default=["epoch", "pipeline", "bf16"],
                         choices=["epoch", "pipeline", "bf16"])
-    parser.add_argument("--root", default=str(REPO.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"))
+    parser.add_argument("--root", default=str(data_root() / "cifar10-jpeg.tar.gz"))
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "bench_gpu")
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs per runtime variant")
     parser.add_argument("--runtime", nargs="*", default=["runtime.deterministic=false"],

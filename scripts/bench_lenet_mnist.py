@@ -27,8 +27,13 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_ROOT = REPO.parent / "shared" / "datasets"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from benchlib import REPO, data_root  # noqa: E402
+
+from ltsearch.paths import results_file  # noqa: E402
+
+DEFAULT_ROOT = data_root()
 OVERRIDES = ["experiment=lenet_mnist", "pruner=magnitude", "sparsity=0.9", "stages=[search,rewind,retrain,evaluate]"]
 MIN_ACC = 0.97
 
@@ -51,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     proc = subprocess.run(command, cwd=REPO)
     elapsed = time.perf_counter() - t0
-    results_path = out / "evaluate" / "results.json"
+    results_path = results_file(out)
     if proc.returncode != 0 or not results_path.exists():
         print(f"bench_lenet_mnist: the run failed (exit code {proc.returncode}); see {out / 'run.log'}",
               file=sys.stderr)

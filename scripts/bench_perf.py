@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Performance benchmark (issue 6), measured in one run on this machine (CPU: quote ratios, not times).
+"""Performance benchmark, measured in one run on this machine (CPU: quote ratios, not times).
 
   mask     step time of a masked model over the same dense model, through the real training loop
            (LeNet-300-100 at batch 128, ResNet-20 at batch 128; 99% sparsity). Target: <= 1.05x. Also

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Benchmark of the sanity checks on LeNet-300-100 / real MNIST (GitHub issue 5).
+"""Benchmark of the sanity checks on LeNet-300-100 / real MNIST.
 
 For each method (CTS-KL, LTR, SNIP, SynFlow) and seed, one run through
 the CLI into `OUT/runs/<method>/sparsity_<s>/seed_<k>`:
@@ -43,12 +43,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_baselines import run_dir  # noqa: E402
-from benchlib import ensure_run  # noqa: E402
+from benchlib import REPO, data_root, ensure_run  # noqa: E402
 
 from ltsearch.report import SEED_RULE, Report, build_report, write_report  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_ROOT = REPO.parent / "shared" / "datasets"
+DEFAULT_ROOT = data_root()
 STAGES = "stages=[search,rewind,retrain,sanity,evaluate]"
 METHODS = {"cts_kl": "pruner=cts_kl", "ltr": "pruner=ltr", "snip": "pruner=snip", "synflow": "pruner=synflow"}
 QUICK = ["train.epochs=2", "dataset.train_subset=2000", "dataset.test_subset=2000"]

@@ -7,7 +7,7 @@ searches that differ only in the noise seed. If bf16 vs fp32 overlaps at least a
 bf16 changes the mask only within noise and `pruner.autocast=true` is safe for that setting.
 
     python scripts/check_cts_bf16.py experiment=resnet20_cifar10 dataset=cifar10_jpeg \\
-        dataset.root=../shared/datasets/cifar10-jpeg.tar.gz sparsity=0.993 pruner.epochs=5
+        dataset.root=DATA_DIR/cifar10-jpeg.tar.gz sparsity=0.993 pruner.epochs=5
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 
 from ltsearch.compose import compose
 from ltsearch.context import RunContext
-from ltsearch.masking import load_plain_state_dict, plain_state_dict
+from ltsearch.masking import plain_state_dict
 from ltsearch.pruners import PruneContext, build_pruner
 from ltsearch.rundir import ArtifactDir
 from ltsearch.runtime import Runtime
@@ -37,8 +37,7 @@ def jaccard(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
 
 def search(ctx: RunContext, state: dict, folder: str, seed: int, autocast: bool) -> dict[str, torch.Tensor]:
     cfg = ctx.cfg
-    model = ctx.new_model()
-    load_plain_state_dict(model, state)
+    model = ctx.model_with(state)
     out = ArtifactDir(ctx.run_dir / folder).start()
     pcfg = dataclasses.replace(cfg.pruner, autocast=autocast)
     pctx = PruneContext(model=model, data=ctx.data, cfg=cfg, runtime=ctx.runtime, out=out, seed=seed,

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Kill-and-resume torture test for ltsearch (GitHub issue 7).
+"""Kill-and-resume torture test for ltsearch.
 
 1. Runs a small experiment once, uninterrupted: the reference.
 2. Runs it again in another run directory as `python -m ltsearch run ... hydra.run.dir=D`, SIGKILLs the
@@ -50,6 +50,19 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from ltsearch.paths import (
+    CHECKPOINTS,
+    CLOCK,
+    FAILURE,
+    LOCK,
+    LOG,
+    MARKER,
+    METRICS,
+    RECORD,
+    TMP_MARK,
+    results_file,
+)
+
 # A small experiment on synthetic data: dense pretraining to the rewind point (2 epochs), magnitude pruning,
 # rewinding, retraining (4 epochs, cosine schedule, momentum: optimizer and scheduler state must resume
 # exactly), sanity variants, evaluation. One thread, so that every session computes with the same kernels.
@@ -85,8 +98,7 @@ TINY = [
     "runtime.cache=false",  # resume is under test here, not reuse: both runs compute everything
     "stages=[search,rewind,retrain,evaluate]",
 ]
-TMP_MARK = ".tmp-"
-NOT_ARTIFACTS = {".lock", "run.log"}
+NOT_ARTIFACTS = {LOCK, LOG}
 TIME_KEYS = re.compile(r"^(time|wall_time|elapsed|finished|created|seconds|.*_time|.*_seconds)$")
 
 
@@ -107,7 +119,7 @@ def launch(cmd: list[str], log_path: Path) -> subprocess.Popen:
 def lock_holder(run_dir: Path) -> int | None:
     """The pid named in RUN_DIR/.lock (the lock is emptied on a clean release), or None."""
     try:
-        text = (run_dir / ".lock").read_text()
+        text = (run_dir / LOCK).read_text()
     except OSError:
         return None
     match = re.match(r"pid (\d+)", text)
@@ -158,12 +170,12 @@ def position(run_dir: Path, stages: list[str]) -> str:
     (e.g. search/pretrain, sanity/shuffle), or 'finished'."""
     for stage in stages:
         folder = run_dir / stage
-        if (folder / "DONE.json").exists():
+        if (folder / MARKER).exists():
             continue
         if folder.is_dir():
             parts = sorted(p.name for p in folder.iterdir()
-                           if p.is_dir() and p.name != "checkpoints" and not (p / "DONE.json").exists()
-                           and ((p / "clock.json").exists() or (p / "checkpoints").exists()))
+                           if p.is_dir() and p.name != CHECKPOINTS and not (p / MARKER).exists()
+                           and ((p / CLOCK).exists() or (p / CHECKPOINTS).exists()))
             if parts:
                 return f"{stage}/{parts[0]}"
         return stage
@@ -181,8 +193,8 @@ def check_visible(run_dir: Path) -> tuple[list[str], dict[str, int]]:
     problems: list[str] = []
     counts: Counter[str] = Counter()
     recorded: dict[Path, str] = {}
-    done_dirs = {p.parent for p in run_dir.rglob("DONE.json")}
-    for marker in run_dir.rglob("DONE.json"):
+    done_dirs = {p.parent for p in run_dir.rglob(MARKER)}
+    for marker in run_dir.rglob(MARKER):
         try:
             artifacts = json.loads(marker.read_text()).get("artifacts", {})
         except (OSError, ValueError) as exc:
@@ -259,10 +271,10 @@ def differences(a: Any, b: Any, path: str = "") -> list[str]:
 
 def comparable(run_dir: Path) -> dict[str, Any]:
     """What must equal the reference: results, per-epoch metrics, tensor artifacts' checksums."""
-    out: dict[str, Any] = {"results": strip_times(json.loads((run_dir / "evaluate" / "results.json").read_text()))}
-    for metrics in sorted(run_dir.rglob("metrics.json")):
+    out: dict[str, Any] = {"results": strip_times(json.loads(results_file(run_dir).read_text()))}
+    for metrics in sorted(run_dir.rglob(METRICS)):
         out[str(metrics.relative_to(run_dir))] = strip_times(json.loads(metrics.read_text()))
-    for marker in sorted(run_dir.rglob("DONE.json")):
+    for marker in sorted(run_dir.rglob(MARKER)):
         artifacts = json.loads(marker.read_text()).get("artifacts", {})
         for name, digest in sorted(artifacts.items()):
             if name.endswith(".pt"):
@@ -281,7 +293,7 @@ def run_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def selected_stages(run_dir: Path) -> list[str]:
-    record = json.loads((run_dir / "run.json").read_text())
+    record = json.loads((run_dir / RECORD).read_text())
     return list(record["config"]["stages"])
 
 
@@ -296,7 +308,7 @@ def reference_run(overrides: list[str], ref_dir: Path, log: Path, timeout: float
     total = time.monotonic() - t0
     if rc != 0:
         raise SystemExit(f"reference run failed (exit {rc}); see {log}")
-    wall = json.loads((ref_dir / "evaluate" / "results.json").read_text())["wall_time"]
+    wall = json.loads(results_file(ref_dir).read_text())["wall_time"]
     stages = {k: float(v) for k, v in wall.items() if k != "total"}
     # time a session spends holding the lock outside the stages' own clocks (data loading, model building)
     overhead = max(0.1, total - startup - sum(stages.values()))
@@ -306,7 +318,7 @@ def reference_run(overrides: list[str], ref_dir: Path, log: Path, timeout: float
 def stage_starts(run_dir: Path, stage: str) -> int:
     """How many sessions have logged the start of `stage` (run.log is appended to by every session)."""
     try:
-        return (run_dir / "run.log").read_text(errors="replace").count(f"stage {stage}: starting")
+        return (run_dir / LOG).read_text(errors="replace").count(f"stage {stage}: starting")
     except OSError:
         return 0
 
@@ -321,7 +333,7 @@ class Planner:
 
     def plan(self, run_dir: Path) -> tuple[str, Any] | None:
         rng, timing = self.rng, self.timing
-        remaining = [s for s in self.stages if not (run_dir / s / "DONE.json").exists()]
+        remaining = [s for s in self.stages if not (run_dir / s / MARKER).exists()]
         mode = rng.choices(["startup", "work", "stage"], weights=[0.15, 0.2, 0.65])[0]
         if mode == "startup":
             return "startup", rng.uniform(0.3, max(0.4, timing["startup"]))
@@ -404,7 +416,7 @@ def torture(args: argparse.Namespace) -> int:
             shutil.rmtree(ref_dir)
         timing = reference_run(overrides, ref_dir, log, args.timeout)
     else:
-        wall = json.loads((ref_dir / "evaluate" / "results.json").read_text())["wall_time"]
+        wall = json.loads(results_file(ref_dir).read_text())["wall_time"]
         timing = {"startup": 3.0, "total": None, "overhead": 1.0,
                   "stages": {k: float(v) for k, v in wall.items() if k != "total"}}
     stages = selected_stages(ref_dir)
@@ -433,7 +445,7 @@ def torture(args: argparse.Namespace) -> int:
             else:
                 # `ltsearch resume` needs the run's record (run.json); a run killed before writing it is
                 # started again with its original command, as a user would.
-                how = "resume" if session % 2 == 0 and (run_dir / "run.json").exists() else "run"
+                how = "resume" if session % 2 == 0 and (run_dir / RECORD).exists() else "run"
                 cmd = (ltsearch_cmd("resume", str(run_dir)) if how == "resume"
                        else ltsearch_cmd("run", *overrides, f"hydra.run.dir={run_dir}"))
                 resumed_with[how] += 1
@@ -471,7 +483,7 @@ def torture(args: argparse.Namespace) -> int:
             problems, counts = check_visible(run_dir)
             if counts.get("temporaries"):
                 problems.append(f"{counts['temporaries']} temporaries left after a completed session")
-            if (run_dir / "failed.json").exists():
+            if (run_dir / FAILURE).exists():
                 problems.append("failed.json left after a completed session")
             diff = differences(reference, comparable(run_dir))
             failures.extend(f"run {run_index}: {p}" for p in problems)

@@ -63,5 +63,5 @@ def tiny() -> list[str]:
 @pytest.fixture
 def mnist_root() -> Path:
     if not (MNIST_ROOT / "MNIST" / "raw" / "train-images-idx3-ubyte").exists():
-        pytest.skip("real MNIST not available in ../shared/datasets")
+        pytest.skip(f"real MNIST not available in {MNIST_ROOT}")
     return MNIST_ROOT

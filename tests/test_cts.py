@@ -16,19 +16,16 @@ from ltsearch.models import build_model
 from ltsearch.objectives import OBJECTIVES
 from ltsearch.pipeline import run_pipeline
 from ltsearch.pruners import PruneContext, build_pruner
-from ltsearch.pruners.cts import (
+from ltsearch.pruners.concrete import (
     Control,
-    CTSConfig,
     SparsityControl,
-    build_search,
-    drop_epoch,
     gradbalance_lambda,
     logistic_noise,
     per_sample_function,
-    search_epochs,
     soft_mask,
     sparsity_error,
 )
+from ltsearch.pruners.cts import CTSConfig, build_search, drop_epoch, search_epochs
 from ltsearch.rundir import ArtifactDir
 from ltsearch.runtime import Runtime
 from ltsearch.seeding import generator

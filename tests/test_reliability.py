@@ -1,4 +1,4 @@
-"""Crash safety (GitHub issue 7): atomic writes, one writer per run directory, safe loading, corruption
+"""Crash safety: atomic writes, one writer per run directory, safe loading, corruption
 detection with fallback, divergence stops a stage cleanly."""
 
 from __future__ import annotations

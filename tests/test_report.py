@@ -10,9 +10,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from ltsearch.config import model_label
 from ltsearch.report import build_report, main, seed_verdict
 from ltsearch.sweep import write_sweep_summary
+from ltsearch.tables import model_label
 from tests.conftest import run_cli
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

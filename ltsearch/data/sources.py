@@ -196,7 +196,7 @@ def _decode(name: str, data: bytes) -> Tensor:
         raise DataError(f"dataset 'imagefolder': cannot decode image {name} (empty file); remove or replace it")
     try:
         with warnings.catch_warnings():
-            # torchvision 0.29 deprecates its decoders (still 3x faster than PIL here); PIL is the fallback
+            # torchvision 0.29 deprecates its decoders, which we still prefer; PIL is the fallback
             warnings.simplefilter("ignore", DeprecationWarning)
             return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
     except Exception:
