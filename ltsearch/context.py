@@ -43,7 +43,7 @@ class RunContext:
     @cached_property
     def data(self) -> Data:
         data = build_data(self.cfg.dataset)
-        nbytes = sum(t.element_size() * t.numel() for t in (data.train_x, data.test_x))
+        nbytes = data.nbytes
         where = self.runtime.data_device(nbytes)
         if where.type == "cpu" and self.runtime.device.type == "cuda":
             log.info("dataset (%.2f GiB) kept in host memory: batches are gathered into pinned memory one step "

@@ -64,6 +64,19 @@ class Data:
         return tuple(self.train_x.shape[1:])
 
     @property
+    def train_size(self) -> int:
+        return int(self.train_x.shape[0])
+
+    @property
+    def test_size(self) -> int:
+        return int(self.test_x.shape[0])
+
+    @property
+    def nbytes(self) -> int:
+        """Memory the stored samples take (both splits)."""
+        return sum(t.element_size() * t.numel() for t in (self.train_x, self.test_x))
+
+    @property
     def device(self) -> torch.device:
         return self.train_x.device
 

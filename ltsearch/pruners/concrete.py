@@ -172,7 +172,7 @@ class ConcreteSearch:
             return "pruner.cache_teacher=false"
         if not per_sample_function(self.model):
             return "the network has BatchNorm or active dropout"
-        nbytes = data.train_x.shape[0] * data.num_classes * 4
+        nbytes = data.train_size * data.num_classes * 4
         if nbytes > TEACHER_CACHE_LIMIT:
             return f"the logits would take {nbytes / 2**20:.0f} MiB"
         return None
@@ -203,7 +203,7 @@ class ConcreteSearch:
             # in batches of the search's size, so that each logit comes from the same kernels as in a step
             inputs = (x for x, _ in data.eval_batches("train", batch_size, self.device))
             self.cached_teacher = predict(self.model, inputs, self.autocast)
-            teacher_samples = data.train_x.shape[0]
+            teacher_samples = data.train_size
         data_gen = generator(seed, "cts", "epoch", epoch)
         noise_gen = generator(seed, "cts", "noise", epoch, device=self.device)
         total, seen = 0.0, 0

@@ -157,7 +157,7 @@ class CTSPruner(Pruner):
             log.info("cts: %s", "teacher logits computed once and reused every epoch" if reason is None
                      else f"teacher runs every step ({reason})")
         loop = EpochLoop(work, start_epoch=0, end_epoch=epochs,
-                         steps_per_epoch=math.ceil(ctx.data.train_x.shape[0] / batch), description="cts search",
+                         steps_per_epoch=math.ceil(ctx.data.train_size / batch), description="cts search",
                          progress=ctx.runtime.progress, keep_checkpoints=ctx.runtime.keep_checkpoints,
                          callbacks=ctx.callbacks)
         with batch_statistics(ctx.model):

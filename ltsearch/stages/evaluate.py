@@ -39,7 +39,7 @@ def run(ctx: RunContext, out: ArtifactDir) -> dict[str, Any]:
     source = RETRAIN if ctx.stage_dir(RETRAIN).done else REWIND
     model, _ = ctx.load_network(source, FINAL if source == RETRAIN else TICKET)
     test = evaluate(model, ctx.data, ctx.runtime, "test", ctx.cfg.train.eval_batch_size)
-    out.count("forward", ctx.data.test_x.shape[0])
+    out.count("forward", ctx.data.test_size)
     measured = effective_density_report(model, ctx.cfg.model.exclude)
     search = ctx.stage_dir(SEARCH)
     sanity = ctx.stage_dir(SANITY)
@@ -52,7 +52,7 @@ def run(ctx: RunContext, out: ArtifactDir) -> dict[str, Any]:
     stages = {**done, EVALUATE: {"wall_time": elapsed, "compute": dict(out.compute)}}
     cost = cost_summary(ctx.run_dir, stages, flops_per_sample(ctx.new_model(), ctx.data.input_shape,
                                                              ctx.runtime.device),
-                        ctx.data.train_x.shape[0], counted)
+                        ctx.data.train_size, counted)
     results = {
         "label": ctx.label or ctx.cfg.pruner.name,
         "pruner": ctx.cfg.pruner.name,

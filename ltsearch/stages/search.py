@@ -96,7 +96,7 @@ def preservation(ctx: RunContext, out: ArtifactDir, model: nn.Module, masks: Mas
         student = predict(model, batches, ctx.runtime.autocast)
     values = evaluate_all(student, teacher, targets, ctx.cfg.objective.temperature)
     test = evaluate(model, ctx.data, ctx.runtime, "test", ctx.cfg.train.eval_batch_size, batch_stats=True)
-    out.count("forward", 2 * int(targets.numel()) + ctx.data.test_x.shape[0])
+    out.count("forward", 2 * int(targets.numel()) + ctx.data.test_size)
     return {"objective": values, "train_subset_acc": float((student.argmax(1) == targets).float().mean()),
             "test_acc": test["acc"], "samples": int(targets.numel()), "batchnorm": "batch statistics"}
 

@@ -54,7 +54,7 @@ class Trainer:
         self.stream = stream
         self.start_epoch = start_epoch
         self.end_epoch = cfg.epochs if end_epoch is None else end_epoch
-        self.steps_per_epoch = math.ceil(data.train_x.shape[0] / cfg.batch_size)
+        self.steps_per_epoch = math.ceil(data.train_size / cfg.batch_size)
         self.masks: Masks = masks_of(model)
         self._masked_weights, self._mask_values = self._in_place_masks(model, self.masks)
         self.optimizer = build_optimizer(model.parameters(), cfg)
@@ -119,7 +119,7 @@ class Trainer:
         record = self.train_epoch(epoch, advance)
         self.out.count("train", record["samples"])
         test = evaluate(self.model, self.data, self.runtime, "test", self.cfg.eval_batch_size)
-        self.out.count("forward", self.data.test_x.shape[0])
+        self.out.count("forward", self.data.test_size)
         record.update(test_loss=test["loss"], test_acc=test["acc"])
         return record
 
