@@ -9,6 +9,9 @@ once under `<cache_dir>/<kind>/<sha256 of spec>/` and copied into later runs ins
   file first, so a second job needing the same entry waits for the first and then reuses its result
   (the kernel releases the lock of a killed job). Entries are published by renaming a complete folder
   into place, so a reader never sees half an entry.
+- In a run over several processes rank 0 alone takes the lock, reads and writes the cache; the other ranks
+  wait with it (meeting it every few seconds, so a long wait outlasts no collective timeout) and compute
+  with it when the entry has to be computed.
 - Reuse is logged; `runtime.cache=false` turns it off. The location is `runtime.cache_dir`
   (default: $LTSEARCH_CACHE/artifacts, else ~/.cache/ltsearch/artifacts; `ltsearch.paths`).
 """
@@ -20,12 +23,13 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ltsearch import __version__, locks
+from ltsearch import __version__, distributed, locks
 from ltsearch.paths import CACHE_SPEC, MARKER, TMP_MARK
 from ltsearch.rundir import ArtifactDir
 from ltsearch.storage import load_json, save_json
@@ -56,15 +60,33 @@ class ArtifactCache:
         key = spec_key(kind, spec)
         entry = self.root / kind / key
         # blocking: a job that needs an entry another job is computing waits for it, then reuses it
-        with locks.exclusive(self.root / kind / f"{key}.lock"):
-            if (entry / MARKER).exists():
-                _restore(entry, out, key)
+        with _entry_lock(self.root / kind / f"{key}.lock"):
+            if distributed.on_main(lambda: (entry / MARKER).exists()):
+                distributed.on_main(lambda: _restore(entry, out, key))
                 log.info("%s: reused from the cache (%s %s, computed %s)", out.label, kind, key[:12],
                          f"in {load_json(entry / MARKER).get('wall_time', 0):.1f}s")
                 return True
             compute()
-            _publish(entry, out, kind, spec)
+            distributed.on_main(lambda: _publish(entry, out, kind, spec))
             return False
+
+
+@contextmanager
+def _entry_lock(path: Path) -> Iterator[None]:
+    """Hold the entry's lock for the block: taken by this process, or by rank 0 for all ranks of a
+    distributed run (the others wait with it, see the module doc)."""
+    if distributed.world_size() == 1:
+        with locks.exclusive(path):
+            yield
+        return
+    fd = locks.open_lock_file(path) if distributed.is_main() else -1
+    try:
+        distributed.poll_on_main(lambda: locks.try_lock(fd))
+        yield
+    finally:
+        if fd >= 0:
+            locks.unlock(fd)
+            os.close(fd)
 
 
 def _restore(entry: Path, out: ArtifactDir, key: str) -> None:

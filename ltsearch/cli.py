@@ -1,7 +1,7 @@
 """`ltsearch <command>`: a thin dispatcher in front of the Hydra app.
 
 `run` hands its arguments to Hydra unchanged (so -m, --cfg job, --help, --info and sweeps behave as in
-any Hydra app); `resume` re-enters a run directory with the overrides it was created with; `report`
+any Hydra app; under torchrun each process joins the run's process group first, see `_distributed`); `resume` re-enters a run directory with the overrides it was created with; `report`
 tabulates finished runs. Shell completion is Hydra's, with the word `run` removed before Hydra parses.
 """
 
@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from ltsearch import __version__
+from ltsearch import __version__, distributed
 from ltsearch.errors import LtsearchError
 
 USAGE = """usage: ltsearch <command> [args]
@@ -39,7 +39,8 @@ examples:
 
 
 def _error(message: str) -> int:
-    print(f"ltsearch: error: {message}", file=sys.stderr)
+    if os.environ.get("RANK", "0") == "0":  # every process of a distributed run finds the same problem
+        print(f"ltsearch: error: {message}", file=sys.stderr)
     return 2
 
 
@@ -93,9 +94,47 @@ def _hydra(args: list[str]) -> int:
     prog = sys.argv[0] if sys.argv and sys.argv[0] else "ltsearch"
     if os.path.basename(prog) == "__main__.py":  # `python -m ltsearch`: Hydra's help and completion say ltsearch
         prog = "ltsearch"
+    if distributed.launched():
+        return _distributed(prog, args)
     sys.argv = [prog, *args]
     hydra_main()
     return 0
+
+
+# Other ranks log errors only, to the console, and leave Hydra's copy of the config to rank 0.
+QUIET_RANK = ["hydra.output_subdir=null", "hydra.job_logging.root.level=ERROR",
+              "hydra.job_logging.root.handlers=[console]", "~hydra.job_logging.handlers.file"]
+
+
+def _distributed(prog: str, args: list[str]) -> int:
+    """One process of a run over several (torchrun, or submitit tasks): join the process group, name the
+    run folder with rank 0's start time, let rank 0 alone report an invalid config, run the Hydra app."""
+    from ltsearch.app import main as hydra_main
+    from ltsearch.distributed import LAUNCH_TIME_ENV
+
+    distributed.setup()
+    try:
+        os.environ[LAUNCH_TIME_ENV] = repr(distributed.shared_launch_time())
+        if not distributed.on_main(lambda: _composes(args)) and not distributed.is_main():
+            return 1  # rank 0 runs the app, which prints the error once
+        sys.argv = [prog, *args, *([] if distributed.is_main() else QUIET_RANK)]
+        hydra_main()
+        return 0
+    finally:
+        distributed.teardown()
+
+
+def _composes(args: list[str]) -> bool:
+    """Whether the overrides of a single run compose into a valid config (sweeps and flags: assumed so)."""
+    from ltsearch.compose import compose
+
+    if any(a.startswith("-") for a in args):
+        return True
+    try:
+        compose(*[a for a in args if not a.lstrip("+~").startswith(("hydra.", "hydra/"))])
+    except Exception:
+        return False
+    return True
 
 
 def _completion(args: list[str]) -> int:

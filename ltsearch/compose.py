@@ -8,6 +8,8 @@ into the typed `Config` (types, ranges, unknown keys) and checks every name that
 
 from __future__ import annotations
 
+import os
+from datetime import datetime
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -24,6 +26,7 @@ from ltsearch.config import (
     flatten,
 )
 from ltsearch.data import DATASETS
+from ltsearch.distributed import LAUNCH_TIME_ENV
 from ltsearch.errors import ConfigError
 from ltsearch.models import MODELS
 from ltsearch.objectives import OBJECTIVES
@@ -44,6 +47,15 @@ def register_configs() -> None:
     cs.store(name="schema_objective", node=ObjectiveConfig)
     for name, pruner_cls in PRUNERS.items():
         cs.store(name=f"schema_pruner_{name}", node=pruner_cls.Config)
+    OmegaConf.register_new_resolver("ltsearch_now", launch_time, use_cache=True, replace=True)
+
+
+def launch_time(pattern: str) -> str:
+    """`${ltsearch_now:PATTERN}`: the time formatted like Hydra's `${now:PATTERN}`; in a distributed run rank
+    0's start time (`ltsearch.distributed.LAUNCH_TIME_ENV`, set by the CLI), so every rank names the same
+    run folder."""
+    stamp = os.environ.get(LAUNCH_TIME_ENV)
+    return (datetime.fromtimestamp(float(stamp)) if stamp else datetime.now()).strftime(pattern)
 
 
 def to_config(cfg: DictConfig | Config) -> Config:

@@ -198,6 +198,14 @@ class RuntimeConfig:
     checkpoint_every: int = 1
     keep_checkpoints: int = 2
     data_on_device: str = "auto"
+    # Runs over several processes (torchrun, Slurm): BatchNorm on the statistics of the whole global batch
+    # (SyncBatchNorm) instead of each process's part of it.
+    sync_batchnorm: bool = False
+    # Image folders of the `imagenet_folder` dataset: decoded once into memory (`memory`), read and decoded
+    # every epoch (`stream`), or `auto` (memory when the decoded images fit the budget, see ltsearch.data.stream).
+    # Both give the same batches. DataLoader worker processes per training process: -1 = auto.
+    data_storage: str = "auto"
+    data_workers: int = -1
     # Reuse upstream work (dense pretraining, IMP levels) across runs with the same upstream config.
     cache: bool = True
     cache_dir: str = ""  # "" = $LTSEARCH_CACHE/artifacts, else ~/.cache/ltsearch/artifacts
@@ -211,6 +219,8 @@ class RuntimeConfig:
         _require(self.checkpoint_every >= 1, "runtime.checkpoint_every must be >= 1")
         _require(self.keep_checkpoints >= 1, "runtime.keep_checkpoints must be >= 1")
         _require(self.data_on_device in ("auto", "true", "false"), "runtime.data_on_device: auto, true or false")
+        _require(self.data_storage in ("auto", "memory", "stream"), "runtime.data_storage: auto, memory or stream")
+        _require(self.data_workers >= -1, "runtime.data_workers must be >= 0, or -1 (auto)")
 
 
 @dataclass

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ltsearch import distributed
 from ltsearch.cache import ArtifactCache
 from ltsearch.config import Config, When, config_container
 from ltsearch.data import Data, build_data
@@ -42,14 +43,17 @@ class RunContext:
 
     @cached_property
     def data(self) -> Data:
+        """The dataset, placed for this runtime; in a distributed run, with this rank's shard of each batch."""
         data = build_data(self.cfg.dataset)
         nbytes = data.nbytes
         where = self.runtime.data_device(nbytes)
         if where.type == "cpu" and self.runtime.device.type == "cuda":
             log.info("dataset (%.2f GiB) kept in host memory: batches are gathered into pinned memory one step "
                      "ahead and copied asynchronously", nbytes / 2**30)
-            return replace(data, host_prefetch=True)
-        return data.to(where)
+            data = replace(data, host_prefetch=True)
+        else:
+            data = data.to(where)
+        return replace(data, shard=distributed.current_shard())
 
     @cached_property
     def pruner(self) -> Pruner:

@@ -3,6 +3,10 @@
 A stage is skipped when its completion marker exists; an unfinished stage continues from what it
 persisted. Before anything runs, the config is compared with the run's own record (written once), so a
 run directory never mixes the results of two configs.
+
+In a run over several processes (`ltsearch.distributed`) every rank runs the stages; rank 0 alone holds the
+lock and checks the record (an error there stops every rank), and the ranks meet at every stage boundary,
+so that all of them see the same finished stages.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from ltsearch import distributed
 from ltsearch.config import RUNTIME_KEYS, Config, config_container, schema_defaults
 from ltsearch.context import RunContext
 from ltsearch.errors import ConfigError, ResumeError
@@ -41,14 +46,32 @@ def check_record(run_dir: Path, cfg: Config, overrides: list[str], label: str) -
             f"{run_dir})")
 
 
+def check_world(cfg: Config) -> None:
+    """A global batch is split evenly over the processes of a distributed run."""
+    world = distributed.world_size()
+    batches = {"train.batch_size": cfg.train.batch_size,
+               "pruner.batch_size": getattr(cfg.pruner, "batch_size", 0) or cfg.train.batch_size}
+    for key, size in batches.items():
+        if size % world:
+            raise ConfigError(f"{key}={size} is the global batch, split over {world} processes: it must be a "
+                              f"multiple of {world} (e.g. {size - size % world or world})")
+
+
 def run_pipeline(cfg: Config, run_dir: Path, overrides: list[str] | None = None, label: str = "",
                  callbacks: tuple[Callback, ...] = ()) -> dict[str, Any]:
     """Run the selected stages of `cfg` in `run_dir`; return the results of the evaluate stage if it ran."""
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with RunLock(run_dir):
+    lock = RunLock(run_dir)
+
+    def enter() -> None:  # rank 0's part (all of it on one process)
+        check_world(cfg)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        lock.acquire()
         remove_stale_temporaries(run_dir)
         check_record(run_dir, cfg, overrides or [], label)
+
+    try:
+        distributed.on_main(enter)
         seed_everything(cfg.seed)
         ctx = RunContext(cfg=cfg, run_dir=run_dir, runtime=Runtime.from_config(cfg.runtime), label=label,
                          stage_names=tuple(STAGES), callbacks=callbacks)
@@ -63,9 +86,12 @@ def run_pipeline(cfg: Config, run_dir: Path, overrides: list[str] | None = None,
         clear_failure(run_dir)
         results = ctx.stage_dir(EVALUATE)
         return results.load_json(RESULTS) if results.done else {}
+    finally:
+        lock.release()
 
 
 def _run_stage(ctx: RunContext, name: str, stage: Stage) -> None:
+    distributed.barrier()
     out = ctx.stage_dir(name)
     if out.done:
         log.info("stage %s: already complete, skipped", name)

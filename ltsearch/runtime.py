@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
+from ltsearch import distributed
 from ltsearch.config import Precision, RuntimeConfig
 from ltsearch.errors import ConfigError
 
@@ -28,6 +29,7 @@ class Runtime:
     checkpoint_every: int
     keep_checkpoints: int
     data_on_device: str
+    sync_batchnorm: bool = False
 
     @classmethod
     def from_config(cls, cfg: RuntimeConfig) -> Runtime:
@@ -37,6 +39,8 @@ class Runtime:
             device = torch.device(cfg.device)
             if device.type == "cuda" and not torch.cuda.is_available():
                 raise ConfigError(f"runtime.device={cfg.device} but CUDA is not available here (use runtime.device=cpu)")
+        if device.type == "cuda" and device.index is None and distributed.world_size() > 1:
+            device = torch.device("cuda", torch.cuda.current_device())  # this process's GPU (its local rank)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         bf16 = cfg.precision == Precision.bf16 or (cfg.precision == Precision.auto and device.type == "cuda")
@@ -48,8 +52,9 @@ class Runtime:
             torch.backends.cudnn.allow_tf32 = not cfg.deterministic
         # set both ways: a second run in the same process (a benchmark, a test) must not inherit the first's
         torch.use_deterministic_algorithms(cfg.deterministic, warn_only=True)
-        return cls(device, bf16, cfg.channels_last and device.type == "cuda", cfg.compile, cfg.progress,
-                   cfg.checkpoint_every, cfg.keep_checkpoints, cfg.data_on_device)
+        return cls(device, bf16, cfg.channels_last and device.type == "cuda", cfg.compile,
+                   cfg.progress and distributed.is_main(), cfg.checkpoint_every, cfg.keep_checkpoints,
+                   cfg.data_on_device, cfg.sync_batchnorm)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.bf16:

@@ -8,6 +8,9 @@ file, never a partial one, whenever the process is killed.
 Tensors are loaded only with `torch.load(weights_only=True)`: a file that needs arbitrary unpickling
 (and so could run code) is refused. Artifacts carry a SHA-256 recorded by their writer, so a truncated or
 flipped file is detected by name instead of silently producing a wrong number.
+
+In a run over several processes only rank 0 writes (`ltsearch.distributed`): `atomic_write` on another
+rank returns the checksum of the bytes it was given and touches no file.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Any
 
 import torch
 
+from ltsearch import distributed
 from ltsearch.errors import ArtifactError, UnsafeArtifactError
 from ltsearch.paths import TMP_MARK
 
@@ -53,7 +57,9 @@ def sha256_file(path: Path) -> str:
 
 
 def atomic_write(path: str | Path, data: bytes) -> str:
-    """Write `data` to `path` atomically and durably; return its SHA-256."""
+    """Write `data` to `path` atomically and durably; return its SHA-256 (on rank 0 only, see above)."""
+    if not distributed.is_main():
+        return sha256_bytes(data)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}{TMP_MARK}{os.getpid()}"

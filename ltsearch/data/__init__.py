@@ -5,6 +5,10 @@ returns a `Data` object. Training batches come from a seeded permutation per epo
 augmentation run on the batch, on the training device. When the data stays in host memory while training
 runs on CUDA (`host_prefetch`), each batch is gathered into pinned memory on a worker thread one step
 ahead and copied asynchronously.
+
+In a run over several processes (`shard`, from `ltsearch.distributed`) the training batches are this
+rank's rows of each global batch of the one seeded permutation every rank draws; `eval_batches(...,
+sharded=True)` gives this rank every world-th batch of a split.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from ltsearch.data.sources import (
     load_mnist1d,
     load_torchvision_mnist,
 )
+from ltsearch.distributed import Shard
 from ltsearch.seeding import generator
 
 log = logging.getLogger(__name__)
@@ -58,6 +63,7 @@ class Data:
     std: Tensor | None
     augment: str
     host_prefetch: bool = False
+    shard: Shard = Shard()
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -98,10 +104,11 @@ class Data:
 
     def train_batches(self, batch_size: int, gen: torch.Generator, augment: bool = True,
                       device: torch.device | None = None) -> Iterator[tuple[Tensor, Tensor]]:
-        """One epoch of shuffled training batches (the last one may be smaller)."""
-        for x, y in self.train_batches_at(self.train_order(batch_size, gen), device):
+        """One epoch of shuffled training batches (the last one may be smaller); this rank's rows of each."""
+        order = self.train_order(batch_size, gen)
+        for idx, (x, y) in zip(order, self.train_batches_at(order, device), strict=True):
             if augment:  # on the calling thread: the generator's draws stay in one order
-                x = augment_batch(x, self.augment, gen)
+                x = augment_batch(x, self.augment, gen, self.shard, len(idx))
             yield x, y
 
     def train_order(self, batch_size: int, gen: torch.Generator) -> list[Tensor]:
@@ -111,9 +118,10 @@ class Data:
 
     def train_batches_at(self, batches: list[Tensor], device: torch.device | None = None
                          ) -> Iterator[tuple[Tensor, Tensor]]:
-        """The un-augmented training samples of each index tensor in `batches`, as network inputs and labels
-        on `device`."""
-        return self._batches(lambda idx: (self.train_x[idx], self.train_y[idx]), batches, device)
+        """The un-augmented training samples of each index tensor in `batches` (this rank's rows of it), as
+        network inputs and labels on `device`."""
+        take = self.shard.take
+        return self._batches(lambda idx: (self.train_x[take(idx)], self.train_y[take(idx)]), batches, device)
 
     def _batches(self, gather: Callable[[T], tuple[Tensor, Tensor]], keys: list[T],
                  device: torch.device | None) -> Iterator[tuple[Tensor, Tensor]]:
@@ -130,11 +138,14 @@ class Data:
             yield x, y.to(x.device, non_blocking=True)
 
     def eval_batches(self, split: str, batch_size: int, device: torch.device | None = None,
-                     limit: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
-        """The `split` ("train" or "test") in order, without augmentation; `limit` > 0 takes a prefix."""
+                     limit: int = 0, sharded: bool = False) -> Iterator[tuple[Tensor, Tensor]]:
+        """The `split` ("train" or "test") in order, without augmentation; `limit` > 0 takes a prefix;
+        `sharded`: this rank's batches only (every world-th)."""
         xs, ys = (self.train_x, self.train_y) if split == "train" else (self.test_x, self.test_y)
         n = min(limit, xs.shape[0]) if limit else xs.shape[0]
         ranges = [(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
+        if sharded:
+            ranges = ranges[self.shard.rank::self.shard.world]
         return self._batches(lambda r: (xs[r[0]:r[1]], ys[r[0]:r[1]]), ranges, device)
 
     def sample(self, count: int, seed: int, *keys: object, per_class: bool = False,
