@@ -25,7 +25,7 @@ from ltsearch.config import (
     config_container,
     flatten,
 )
-from ltsearch.data import DATASETS
+from ltsearch.data import DATASETS, FOLDER_DATASETS
 from ltsearch.distributed import LAUNCH_TIME_ENV
 from ltsearch.errors import ConfigError
 from ltsearch.models import MODELS
@@ -93,7 +93,7 @@ def check_names(cfg: Config) -> None:
     """Every name that refers to a registry must be in it."""
     registries: tuple[tuple[str, str, dict[str, Any]], ...] = (
         ("model.name", cfg.model.name, MODELS),
-        ("dataset.name", cfg.dataset.name, DATASETS),
+        ("dataset.name", cfg.dataset.name, {**DATASETS, **FOLDER_DATASETS}),
         ("pruner.name", cfg.pruner.name, PRUNERS),
         ("objective.name", cfg.objective.name, OBJECTIVES),
     )

@@ -41,6 +41,7 @@ class Augment(str, Enum):
     none = "none"
     flip = "flip"
     crop_flip = "crop_flip"
+    resized_crop_flip = "resized_crop_flip"  # ImageNet's random-resized crop + flip (image folders streamed)
 
 
 class Precision(str, Enum):
@@ -103,6 +104,11 @@ class DatasetConfig:
     std: list[float] = field(default_factory=list)
     train_subset: int = 0
     test_subset: int = 0
+    # ImageNet-layout folders (imagenet_folder): the crop the network sees, the shorter side an evaluation
+    # image is resized to before its centre crop, and the area range of the training's random-resized crop
+    image_size: int = 224
+    resize_size: int = 256
+    crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
     # fake data only
     shape: list[int] = field(default_factory=list)
     num_classes: int = 0
@@ -113,6 +119,10 @@ class DatasetConfig:
         _require(self.train_subset >= 0 and self.test_subset >= 0, "dataset subsets must be >= 0 (0 = all)")
         _require(len(self.mean) == len(self.std), "dataset.mean and dataset.std must have the same length")
         _require(all(s > 0 for s in self.std), "dataset.std entries must be positive")
+        _require(self.image_size > 0 and self.resize_size >= self.image_size,
+                 "dataset.image_size must be > 0 and dataset.resize_size >= dataset.image_size")
+        _require(len(self.crop_scale) == 2 and 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1,
+                 f"dataset.crop_scale must be [low, high] with 0 < low <= high <= 1, got {self.crop_scale}")
 
 
 @dataclass

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from ltsearch import distributed
 from ltsearch.cache import ArtifactCache
 from ltsearch.config import Config, When, config_container
-from ltsearch.data import Data, build_data
+from ltsearch.data import Data, ImageFolderData, build_data
 from ltsearch.masking import Masks, attach_masks, load_plain_state_dict
 from ltsearch.models import build_model
 from ltsearch.paths import artifact_cache_dir
@@ -42,9 +42,9 @@ class RunContext:
     callbacks: Sequence[Callback] = field(default_factory=tuple)
 
     @cached_property
-    def data(self) -> Data:
+    def data(self) -> Data | ImageFolderData:
         """The dataset, placed for this runtime; in a distributed run, with this rank's shard of each batch."""
-        data = build_data(self.cfg.dataset)
+        data = build_data(self.cfg.dataset, self.cfg.runtime)
         nbytes = data.nbytes
         where = self.runtime.data_device(nbytes)
         if where.type == "cpu" and self.runtime.device.type == "cuda":
@@ -82,7 +82,7 @@ class RunContext:
         container = config_container(self.cfg)
         dataset = dict(container["dataset"])
         dataset.pop("download")
-        if dataset["name"] != "imagefolder":  # a named dataset is the same data wherever it lies
+        if dataset["name"] not in ("imagefolder", "imagenet_folder"):  # a named dataset is the same anywhere
             dataset.pop("root")
         else:
             dataset["root"] = str(Path(dataset["root"]).expanduser().resolve())

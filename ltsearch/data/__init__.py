@@ -21,8 +21,9 @@ from typing import TypeVar
 import torch
 from torch import Tensor
 
-from ltsearch.config import DatasetConfig
+from ltsearch.config import DatasetConfig, RuntimeConfig
 from ltsearch.data.augment import augment_batch
+from ltsearch.data.common import sample_indices, to_inputs
 from ltsearch.data.prefetch import prefetched
 from ltsearch.data.sources import (
     Arrays,
@@ -32,7 +33,9 @@ from ltsearch.data.sources import (
     load_mnist1d,
     load_torchvision_mnist,
 )
+from ltsearch.data.stream import ImageFolderData, load_image_folder
 from ltsearch.distributed import Shard
+from ltsearch.errors import DataError
 from ltsearch.seeding import generator
 
 log = logging.getLogger(__name__)
@@ -46,6 +49,10 @@ DATASETS: dict[str, Callable[[DatasetConfig], Arrays]] = {
     "cifar100": load_cifar,
     "imagefolder": load_imagefolder,
     "fake": load_fake,
+}
+# Datasets that are not one tensor in memory: image folders of any image size, read by DataLoader workers.
+FOLDER_DATASETS: dict[str, Callable[[DatasetConfig, RuntimeConfig], ImageFolderData]] = {
+    "imagenet_folder": load_image_folder,
 }
 
 
@@ -94,13 +101,7 @@ class Data:
 
     def prepare(self, x: Tensor, device: torch.device | None = None) -> Tensor:
         """Stored samples -> normalised float inputs on `device` (uint8 images are scaled to [0, 1])."""
-        if device is not None:
-            x = x.to(device, non_blocking=True)
-        x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
-        if self.mean is not None:
-            shape = (1, -1) + (1,) * (x.dim() - 2)
-            x = (x - self.mean.to(x.device).view(shape)) / self.std.to(x.device).view(shape)
-        return x
+        return to_inputs(x, self.mean, self.std, device)
 
     def train_batches(self, batch_size: int, gen: torch.Generator, augment: bool = True,
                       device: torch.device | None = None) -> Iterator[tuple[Tensor, Tensor]]:
@@ -152,28 +153,21 @@ class Data:
                device: torch.device | None = None) -> tuple[Tensor, Tensor]:
         """A seeded, un-augmented training subset: `count` random samples, or `count` per class (in random
         order, classes interleaved, so that any slice of it is a mixed batch)."""
-        gen = generator(seed, "sample", *keys)
-        order = torch.randperm(self.train_x.shape[0], generator=gen)
-        if per_class:
-            labels = self.train_y.cpu()[order]
-            rank = torch.zeros_like(labels)  # how many samples of the same class come earlier in `order`
-            for c in range(self.num_classes):
-                of_c = labels == c
-                rank[of_c] = torch.arange(int(of_c.sum()))
-            idx = order[rank < count]
-            short = [c for c in range(self.num_classes) if int((labels == c).sum()) < count]
-            if short:
-                log.warning("asked for %d training samples per class; classes %s have fewer (all of them used)",
-                            count, short)
-        else:
-            idx = order[:count]
+        idx = sample_indices(self.train_y, self.num_classes, count, seed, *keys, per_class=per_class)
         idx = idx.to(self.device)
         x = self.prepare(self.train_x[idx], device)
         return x, self.train_y[idx].to(x.device)
 
 
-def build_data(cfg: DatasetConfig) -> Data:
-    """Load the dataset named by `cfg.name` (on the CPU) and apply subsets and normalisation settings."""
+def build_data(cfg: DatasetConfig, runtime: RuntimeConfig | None = None) -> Data | ImageFolderData:
+    """Load the dataset named by `cfg.name` (on the CPU) and apply subsets and normalisation settings; an
+    image folder of `FOLDER_DATASETS` is indexed, and kept in memory or streamed (`runtime.data_storage`)."""
+    if cfg.name in FOLDER_DATASETS:
+        return FOLDER_DATASETS[cfg.name](cfg, runtime or RuntimeConfig())
+    if cfg.augment.value == "resized_crop_flip":
+        raise DataError(f"augment=resized_crop_flip (ImageNet's random-resized crop) needs an image folder of "
+                        f"dataset.name={' or '.join(FOLDER_DATASETS)}; dataset '{cfg.name}' supports none, flip "
+                        f"and crop_flip")
     arrays = DATASETS[cfg.name](cfg)
     train_x, train_y, test_x, test_y = arrays.train_x, arrays.train_y, arrays.test_x, arrays.test_y
     if cfg.train_subset:

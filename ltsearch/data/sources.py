@@ -189,7 +189,8 @@ def _fingerprint(root: Path) -> str:
     return digest.hexdigest()[:20]
 
 
-def _decode(name: str, data: bytes) -> Tensor:
+def decode(name: str, data: bytes) -> Tensor:
+    """An encoded image (JPEG, PNG, ...) as a uint8 RGB tensor (C, H, W), or a DataError naming `name`."""
     from torchvision.io import ImageReadMode, decode_image
 
     if not data:
@@ -215,7 +216,7 @@ def _decode_folder(root: Path) -> dict[str, Tensor]:
     labels: dict[str, list[str]] = {"train": [], "test": []}
     shape = None
     for split, label, name, data in _iter_images(root):
-        img = _decode(name, data)
+        img = decode(name, data)
         if shape is None:
             shape = img.shape
         elif img.shape != shape:

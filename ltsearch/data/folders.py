@@ -1,0 +1,104 @@
+"""The index of an ImageNet-layout folder: which files, which labels, without opening an image.
+
+Layouts (the split folder is `val/`, or `test/` when there is no `val/`):
+
+    root/train/<class>/**/*.JPEG     (ImageNet; Tiny-ImageNet keeps them in train/<class>/images/)
+    root/val/<class>/**/*.JPEG       (ImageNet's validation set sorted into class folders)
+    root/val/images/*.JPEG + root/val/val_annotations.txt   (Tiny-ImageNet: "<file>\\t<class>\\t..." per line)
+
+Classes are the sorted names of the folders under train/. Paths are kept in one numpy byte-string array, so
+that DataLoader worker processes forked from the trainer share them without copying (a Python list of
+strings would be copied page by page as the workers touch its reference counts).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ltsearch.data.sources import IMAGE_SUFFIXES
+from ltsearch.errors import DataError
+
+ANNOTATIONS = "val_annotations.txt"
+
+
+@dataclass
+class Split:
+    """The files of one split and their class indices, in a fixed (sorted) order."""
+
+    files: np.ndarray  # bytes paths
+    labels: np.ndarray  # int64
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def path(self, index: int) -> str:
+        return os.fsdecode(self.files[index])
+
+
+def _images_below(folder: Path) -> list[str]:
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames.sort()
+        found += [os.path.join(dirpath, f) for f in sorted(filenames) if Path(f).suffix.lower() in IMAGE_SUFFIXES]
+    return found
+
+
+def _split(files: list[str], labels: list[int]) -> Split:
+    return Split(np.array([os.fsencode(f) for f in files], dtype=np.bytes_), np.array(labels, dtype=np.int64))
+
+
+def _by_class_folder(folder: Path, index: dict[str, int]) -> Split:
+    files: list[str] = []
+    labels: list[int] = []
+    for entry in sorted(p for p in folder.iterdir() if p.is_dir()):
+        if entry.name not in index:
+            raise DataError(f"dataset 'imagenet_folder': {entry} is a class that {folder.parent}/train/ does "
+                            f"not have")
+        found = _images_below(entry)
+        files += found
+        labels += [index[entry.name]] * len(found)
+    return _split(files, labels)
+
+
+def _by_annotations(folder: Path, index: dict[str, int]) -> Split:
+    files: list[str] = []
+    labels: list[int] = []
+    for number, line in enumerate((folder / ANNOTATIONS).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split("\t")
+        if len(parts) < 2 or parts[1] not in index:
+            raise DataError(f"dataset 'imagenet_folder': line {number} of {folder / ANNOTATIONS} names no class "
+                            f"of train/ ({line[:80]!r})")
+        path = folder / "images" / parts[0]
+        if not path.is_file():
+            raise DataError(f"dataset 'imagenet_folder': {path}, listed in {folder / ANNOTATIONS}, does not exist")
+        files.append(str(path))
+        labels.append(index[parts[1]])
+    order = np.argsort(np.array(files), kind="stable")
+    return _split([files[i] for i in order], [labels[i] for i in order])
+
+
+def scan(root: Path) -> tuple[list[str], Split, Split]:
+    """(classes, train split, evaluation split) of an ImageNet-layout folder."""
+    root = Path(root).expanduser()
+    train = root / "train"
+    if not train.is_dir():
+        raise DataError(f"dataset 'imagenet_folder': no folder {train} (expected root/train/<class>/*.JPEG and "
+                        f"root/val/<class>/*.JPEG; set dataset.root)")
+    classes = sorted(p.name for p in train.iterdir() if p.is_dir())
+    index = {c: i for i, c in enumerate(classes)}
+    held_out = next((root / name for name in ("val", "test") if (root / name).is_dir()), None)
+    if held_out is None:
+        raise DataError(f"dataset 'imagenet_folder': no folder {root / 'val'} (nor {root / 'test'}) next to {train}")
+    train_split = _by_class_folder(train, index)
+    held_split = (_by_annotations(held_out, index) if (held_out / ANNOTATIONS).is_file()
+                  else _by_class_folder(held_out, index))
+    for name, split, folder in (("training", train_split, train), ("evaluation", held_split, held_out)):
+        if not len(split):
+            raise DataError(f"dataset 'imagenet_folder': no {name} images under {folder}")
+    return classes, train_split, held_split
