@@ -66,8 +66,8 @@ def setup(timeout_min: float = DEFAULT_TIMEOUT_MIN) -> bool:
     if "RANK" not in os.environ and _submitit_tasks() > 1:
         from submitit.helpers import TorchDistributedEnvironment
 
-        # keep CUDA_VISIBLE_DEVICES: the task picks its GPU by local rank below
-        TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        # keep CUDA_VISIBLE_DEVICES (the task picks its GPU by local rank below); MASTER_PORT, when set, is kept
+        TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
     backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank() % torch.cuda.device_count())

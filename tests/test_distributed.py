@@ -161,6 +161,29 @@ def test_only_rank_0_writes_the_run_folder(runs):
         assert log.count(f"stage {stage}: starting") == 1
 
 
+def test_the_tasks_of_a_slurm_job_run_as_one_ddp_run(runs, tmp_path):
+    """What a Slurm job of two tasks (hydra/launcher=slurm with tasks_per_node=2) gives each task: submitit's
+    environment, no torchrun variables; ltsearch joins the tasks into one process group."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        port = sock.getsockname()[1]
+    base = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    slurm = {"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "4242", "SLURM_NTASKS": "2", "SLURM_JOB_NUM_NODES": "1",
+             "SLURM_NODEID": "0", "SLURM_JOB_NODELIST": "localhost", "MASTER_PORT": str(port),
+             "OMP_NUM_THREADS": "1"}
+    run_dir = tmp_path / "slurm"
+    procs = [subprocess.Popen(kr.ltsearch_cmd("run", *RUN, f"hydra.run.dir={run_dir}"),
+                              env={**base, **slurm, "SLURM_PROCID": str(r), "SLURM_LOCALID": str(r)},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(2)]
+    for proc in procs:
+        out, _ = proc.communicate(timeout=TIMEOUT)
+        assert proc.returncode == 0, out[-3000:]
+    assert files_of(run_dir) == files_of(runs["two"])
+    assert kr.differences(kr.comparable(runs["two"]), kr.comparable(run_dir)) == []
+
+
 def _workers(proc: subprocess.Popen) -> dict[int, int]:
     """rank -> pid of torchrun's worker processes."""
     found = {}
