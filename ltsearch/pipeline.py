@@ -15,6 +15,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ltsearch import distributed
 from ltsearch.config import RUNTIME_KEYS, Config, config_container, schema_defaults
 from ltsearch.context import RunContext
@@ -47,14 +49,19 @@ def check_record(run_dir: Path, cfg: Config, overrides: list[str], label: str) -
 
 
 def check_world(cfg: Config) -> None:
-    """A global batch is split evenly over the processes of a distributed run."""
+    """A global batch of training or of the CTS search is split evenly over the processes of a distributed run
+    (SNIP's and GraSP's scoring batches are not split: every rank scores the same batch)."""
     world = distributed.world_size()
-    batches = {"train.batch_size": cfg.train.batch_size,
-               "pruner.batch_size": getattr(cfg.pruner, "batch_size", 0) or cfg.train.batch_size}
+    batches = {"train.batch_size": cfg.train.batch_size}
+    if cfg.pruner.name == "cts" and cfg.pruner.batch_size:
+        batches["pruner.batch_size"] = cfg.pruner.batch_size
     for key, size in batches.items():
         if size % world:
             raise ConfigError(f"{key}={size} is the global batch, split over {world} processes: it must be a "
                               f"multiple of {world} (e.g. {size - size % world or world})")
+    if world > 1 and cfg.runtime.sync_batchnorm and (cfg.runtime.device == "cpu" or not torch.cuda.is_available()):
+        raise ConfigError("runtime.sync_batchnorm=true needs CUDA devices (torch's SyncBatchNorm); on the CPU each "
+                          "process normalises with its own rows of the global batch")
 
 
 def run_pipeline(cfg: Config, run_dir: Path, overrides: list[str] | None = None, label: str = "",

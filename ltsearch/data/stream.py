@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 from torchvision.transforms import v2
 
 from ltsearch import distributed
@@ -84,10 +84,12 @@ class FolderImages(Dataset):
 
 
 def _collate(batch: list[tuple[Tensor | str, int]]) -> Any:
+    """A batch (torch's default_collate: in a worker, stacked straight into shared memory), or the first
+    error of a sample."""
     errors = [item for item, _ in batch if isinstance(item, str)]
     if errors:
         return "error", errors[0]
-    return torch.stack([item for item, _ in batch]), torch.tensor([label for _, label in batch])  # type: ignore[misc]
+    return default_collate(batch)
 
 
 def _packed(batch: list[tuple[Tensor | str, int]]) -> Any:
