@@ -104,8 +104,7 @@ class DatasetConfig:
     std: list[float] = field(default_factory=list)
     train_subset: int = 0
     test_subset: int = 0
-    # ImageNet-layout folders (imagenet_folder): the crop the network sees, the shorter side an evaluation
-    # image is resized to before its centre crop, and the area range of the training's random-resized crop
+    # imagenet_folder: network input size, evaluation resize (shorter side), random-resized crop's area range
     image_size: int = 224
     resize_size: int = 256
     crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
@@ -119,8 +118,7 @@ class DatasetConfig:
         _require(self.train_subset >= 0 and self.test_subset >= 0, "dataset subsets must be >= 0 (0 = all)")
         _require(len(self.mean) == len(self.std), "dataset.mean and dataset.std must have the same length")
         _require(all(s > 0 for s in self.std), "dataset.std entries must be positive")
-        _require(self.image_size > 0 and self.resize_size >= self.image_size,
-                 "dataset.image_size must be > 0 and dataset.resize_size >= dataset.image_size")
+        _require(0 < self.image_size <= self.resize_size, "need 0 < dataset.image_size <= dataset.resize_size")
         _require(len(self.crop_scale) == 2 and 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1,
                  f"dataset.crop_scale must be [low, high] with 0 < low <= high <= 1, got {self.crop_scale}")
 
@@ -208,12 +206,9 @@ class RuntimeConfig:
     checkpoint_every: int = 1
     keep_checkpoints: int = 2
     data_on_device: str = "auto"
-    # Runs over several processes (torchrun, Slurm): BatchNorm on the statistics of the whole global batch
-    # (SyncBatchNorm) instead of each process's part of it.
+    # Several processes: BatchNorm on the whole global batch (SyncBatchNorm) instead of each process's rows.
     sync_batchnorm: bool = False
-    # Image folders of the `imagenet_folder` dataset: decoded once into memory (`memory`), read and decoded
-    # every epoch (`stream`), or `auto` (memory when the decoded images fit the budget, see ltsearch.data.stream).
-    # Both give the same batches. DataLoader worker processes per training process: -1 = auto.
+    # imagenet_folder: images decoded once into memory|read every epoch (stream)|auto; workers: -1 = auto
     data_storage: str = "auto"
     data_workers: int = -1
     # Reuse upstream work (dense pretraining, IMP levels) across runs with the same upstream config.

@@ -1,4 +1,5 @@
-"""The index of an ImageNet-layout folder: which files, which labels, without opening an image.
+"""The index of an ImageNet-layout folder: which files, which labels, without decoding an image (and the
+size they would take decoded, from their headers).
 
 Layouts (the split folder is `val/`, or `test/` when there is no `val/`):
 
@@ -18,11 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ltsearch.data.sources import IMAGE_SUFFIXES
 from ltsearch.errors import DataError
+from ltsearch.seeding import generator
 
 ANNOTATIONS = "val_annotations.txt"
+HEADER_SAMPLE = 64  # images whose headers estimate the decoded size
 
 
 @dataclass
@@ -102,3 +106,39 @@ def scan(root: Path) -> tuple[list[str], Split, Split]:
         if not len(split):
             raise DataError(f"dataset 'imagenet_folder': no {name} images under {folder}")
     return classes, train_split, held_split
+
+
+def subset(split: Split, size: int, random: bool) -> Split:
+    """The first `size` images of a split, or `size` drawn at random (seeded, kept in order); 0: all."""
+    if not size or size >= len(split):
+        return split
+    idx = (torch.randperm(len(split), generator=generator(0, "train_subset"))[:size].sort().values.numpy()
+           if random else np.arange(size))
+    return Split(split.files[idx], split.labels[idx])
+
+
+def available_memory() -> int:
+    """Bytes of memory available to new allocations (Linux: MemAvailable)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def decoded_bytes(split: Split) -> int:
+    """The decoded (uint8 RGB) size of a split, estimated from the headers of evenly spread images (an
+    unreadable one is left out here; decoding it reports it)."""
+    from PIL import Image
+
+    picks = np.unique(np.linspace(0, len(split) - 1, min(HEADER_SAMPLE, len(split))).astype(int))
+    pixels = []
+    for i in picks:
+        try:
+            with Image.open(split.path(int(i))) as img:
+                pixels.append(img.size[0] * img.size[1])
+        except OSError:
+            continue
+    return int(3 * np.mean(pixels) * len(split)) if pixels else 0

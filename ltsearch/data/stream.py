@@ -39,17 +39,15 @@ from torchvision.transforms import v2
 from ltsearch import distributed
 from ltsearch.config import DatasetConfig, RuntimeConfig
 from ltsearch.data.common import sample_indices, to_inputs
-from ltsearch.data.folders import Split, scan
+from ltsearch.data.folders import Split, available_memory, decoded_bytes, scan, subset
 from ltsearch.data.sources import decode
 from ltsearch.distributed import Shard
 from ltsearch.errors import DataError
-from ltsearch.seeding import generator
 
 log = logging.getLogger(__name__)
 
 EVAL, RAW = -1, -2  # sample seeds: the evaluation transform; no transform (decoding into memory)
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-HEADER_SAMPLE = 64  # images whose headers estimate the decoded size
 
 
 class FolderImages(Dataset):
@@ -228,33 +226,6 @@ class ImageFolderData:
 
 
 # -- building it ------------------------------------------------------------------------------------------------
-def available_memory() -> int:
-    """Bytes of memory available to new allocations (Linux: MemAvailable)."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-
-
-def decoded_bytes(split: Split) -> int:
-    """The decoded (uint8 RGB) size of a split, estimated from the headers of evenly spread images (an
-    unreadable one is left out here; decoding it reports it)."""
-    from PIL import Image
-
-    picks = np.unique(np.linspace(0, len(split) - 1, min(HEADER_SAMPLE, len(split))).astype(int))
-    pixels = []
-    for i in picks:
-        try:
-            with Image.open(split.path(int(i))) as img:
-                pixels.append(img.size[0] * img.size[1])
-        except OSError:
-            continue
-    return int(3 * np.mean(pixels) * len(split)) if pixels else 0
-
-
 def decode_all(data: ImageFolderData, split: str) -> list[Tensor]:
     """Every image of a split decoded (uint8 RGB), by the workers."""
     images = data._images(split)
@@ -270,14 +241,6 @@ def decode_all(data: ImageFolderData, split: str) -> list[Tensor]:
     return out
 
 
-def _subset(split: Split, size: int, random: bool) -> Split:
-    if not size or size >= len(split):
-        return split
-    idx = (torch.randperm(len(split), generator=generator(0, "train_subset"))[:size].sort().values.numpy()
-           if random else np.arange(size))
-    return Split(split.files[idx], split.labels[idx])
-
-
 def default_workers() -> int:
     """DataLoader workers per training process: the machine's cores shared by its processes, at most 8."""
     return max(0, min(8, (os.cpu_count() or 1) // distributed.local_world_size() - 1))
@@ -289,7 +252,7 @@ def load_image_folder(cfg: DatasetConfig, runtime: RuntimeConfig) -> ImageFolder
         raise DataError("dataset 'imagenet_folder' augments with augment=resized_crop_flip (or flip, or none); "
                         "crop_flip pads and crops images of one fixed size")
     classes, train, test = scan(Path(cfg.root))
-    train, test = _subset(train, cfg.train_subset, True), _subset(test, cfg.test_subset, False)
+    train, test = subset(train, cfg.train_subset, True), subset(test, cfg.test_subset, False)
     workers = default_workers() if runtime.data_workers < 0 else runtime.data_workers
     data = ImageFolderData(
         name=cfg.name, classes=classes, train=train, test=test, image_size=cfg.image_size,
