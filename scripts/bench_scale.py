@@ -21,6 +21,7 @@ markdown table to OUT/bench_scale.md as soon as it finishes, so a call cut short
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -34,7 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_stream import make_image_folder  # noqa: E402
-from benchlib import REPO, markdown_table  # noqa: E402
+from benchlib import REPO, markdown_table, run_parts  # noqa: E402
 
 from ltsearch.compose import compose  # noqa: E402
 from ltsearch.context import RunContext  # noqa: E402
@@ -139,14 +140,7 @@ def main() -> int:
                           sizes=(40, 80) if args.smoke else (160, 500))
         print(f"generated {args.images} JPEGs in {time.perf_counter() - t0:.0f}s", flush=True)
     print(f"torch {torch.__version__}, {torch.cuda.device_count()} CUDA device(s)", flush=True)
-    failed = []
-    for part in args.parts:
-        try:
-            globals()[f"{part}_part"](args)
-        except Exception as exc:  # report and go on: the other part is still worth its device time
-            print(f"{part}: FAILED: {type(exc).__name__}: {exc}", flush=True)
-            failed.append(part)
-    return 1 if failed else 0
+    return run_parts({part: functools.partial(globals()[f"{part}_part"], args) for part in args.parts})
 
 
 if __name__ == "__main__":
