@@ -2,7 +2,8 @@
 this process's rank, and the few collectives the rest of ltsearch uses.
 
 Launchers: torchrun (it exports RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT) and Slurm through
-submitit with several tasks per job (submitit's `TorchDistributedEnvironment` exports the same variables).
+submitit with several tasks per job (submitit's `TorchDistributedEnvironment` exports the same variables;
+its local executor with several tasks works alike).
 Backends: gloo for CPU tensors and, where CUDA is available, NCCL for CUDA tensors (one process group,
 "cpu:gloo,cuda:nccl"). Without a launcher the world has one process and every function here returns at
 once, so single-process runs compute exactly what they computed before.
@@ -45,10 +46,12 @@ class PeerFailure(LtsearchError):
 
 # -- the environment ----------------------------------------------------------------------------------------
 def _submitit_tasks() -> int:
-    """Tasks of the Slurm job when it runs under submitit (0 otherwise)."""
-    if os.environ.get("SUBMITIT_EXECUTOR") != "slurm":
+    """Tasks of the job when it runs under submitit (a Slurm job, or submitit's local executor), else 0."""
+    if os.environ.get("SUBMITIT_EXECUTOR") not in ("slurm", "local"):
         return 0
-    return int(os.environ.get("SLURM_NTASKS", "1"))
+    from submitit import JobEnvironment
+
+    return JobEnvironment().num_tasks
 
 
 def launched() -> bool:

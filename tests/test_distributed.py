@@ -161,25 +161,18 @@ def test_only_rank_0_writes_the_run_folder(runs):
         assert log.count(f"stage {stage}: starting") == 1
 
 
-def test_the_tasks_of_a_slurm_job_run_as_one_ddp_run(runs, tmp_path):
-    """What a Slurm job of two tasks (hydra/launcher=slurm with tasks_per_node=2) gives each task: submitit's
-    environment, no torchrun variables; ltsearch joins the tasks into one process group."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("localhost", 0))
-        port = sock.getsockname()[1]
-    base = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    slurm = {"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "4242", "SLURM_NTASKS": "2", "SLURM_JOB_NUM_NODES": "1",
-             "SLURM_NODEID": "0", "SLURM_JOB_NODELIST": "localhost", "MASTER_PORT": str(port),
-             "OMP_NUM_THREADS": "1"}
-    run_dir = tmp_path / "slurm"
-    procs = [subprocess.Popen(kr.ltsearch_cmd("run", *RUN, f"hydra.run.dir={run_dir}"),
-                              env={**base, **slurm, "SLURM_PROCID": str(r), "SLURM_LOCALID": str(r)},
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(2)]
-    for proc in procs:
-        out, _ = proc.communicate(timeout=TIMEOUT)
-        assert proc.returncode == 0, out[-3000:]
+def test_the_tasks_of_a_submitit_job_run_as_one_ddp_run(runs, tmp_path):
+    """hydra/launcher=slurm with tasks_per_node=2, on this machine: submitit's local executor starts the job's
+    two tasks as Slurm would (the pickled Hydra job in each, submitit's job environment); ltsearch joins them
+    into one process group, and they compute what torchrun's two processes compute."""
+    sweep = tmp_path / "sweep"
+    proc = subprocess.run(kr.ltsearch_cmd("run", "-m", "hydra/launcher=submitit_local",
+                                          "hydra.launcher.tasks_per_node=2", "hydra.launcher.timeout_min=5", *RUN,
+                                          f"hydra.sweep.dir={sweep}"),
+                          capture_output=True, text=True, timeout=TIMEOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    (run_dir,) = [p.parent for p in sweep.glob("*/run.json")]
+    assert len(list(sweep.glob(".submitit/*/*_1_log.out"))) == 1  # a second task ran
     assert files_of(run_dir) == files_of(runs["two"])
     assert kr.differences(kr.comparable(runs["two"]), kr.comparable(run_dir)) == []
 
