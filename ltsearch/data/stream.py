@@ -165,18 +165,23 @@ class ImageFolderData:
         images = self.train if split == "train" else self.test
         return FolderImages(images, None if self.decoded is None else self.decoded[split], *self.transforms())
 
-    def _batches(self, split: str, keys: list[list[tuple[int, int]]], device: torch.device | None
-                 ) -> Iterator[tuple[Tensor, Tensor]]:
-        """Batches of (index, seed) keys through the workers, as network inputs and labels on `device`."""
+    def load(self, split: str, keys: list[list[tuple[int, int]]], pin: bool = False
+             ) -> Iterator[tuple[Tensor, Tensor]]:
+        """Batches of (index, seed) keys (`train_keys`) as the workers deliver them: uint8 images and labels
+        (pinned for a copy to CUDA when `pin`)."""
         if not keys:
             return
-        pin = device is not None and device.type == "cuda"
         loader = DataLoader(self._images(split), batch_sampler=keys, num_workers=self.workers,
                             collate_fn=_collate, pin_memory=pin, prefetch_factor=4 if self.workers else None)
         for batch in loader:
             if batch[0] == "error":
                 raise DataError(batch[1])
-            x, y = batch
+            yield batch
+
+    def _batches(self, split: str, keys: list[list[tuple[int, int]]], device: torch.device | None
+                 ) -> Iterator[tuple[Tensor, Tensor]]:
+        """Batches of (index, seed) keys through the workers, as network inputs and labels on `device`."""
+        for x, y in self.load(split, keys, pin=device is not None and device.type == "cuda"):
             x = self.prepare(x, device)
             yield x, y.to(x.device, non_blocking=True)
 
@@ -188,6 +193,11 @@ class ImageFolderData:
     def train_batches(self, batch_size: int, gen: torch.Generator, augment: bool = True,
                       device: torch.device | None = None) -> Iterator[tuple[Tensor, Tensor]]:
         """One epoch of shuffled, augmented training batches (this rank's rows of each)."""
+        return self._batches("train", self.train_keys(batch_size, gen, augment), device)
+
+    def train_keys(self, batch_size: int, gen: torch.Generator, augment: bool = True) -> list[list[tuple[int, int]]]:
+        """One epoch's (index, seed) keys, batch by batch: this rank's rows of each global batch, each sample's
+        seed for its crop and flip (EVAL without augmentation)."""
         order = self.train_order(batch_size, gen)
         seeds = torch.randint(0, 1 << 62, (self.train_size,), generator=gen) if augment else None
         keys, start = [], 0
@@ -199,7 +209,7 @@ class ImageFolderData:
                 positions = self.shard.take(torch.arange(start, start + len(idx)))
                 keys.append([(int(i), int(seeds[p])) for i, p in zip(rows, positions, strict=True)])
             start += len(idx)
-        return self._batches("train", keys, device)
+        return keys
 
     def train_batches_at(self, batches: list[Tensor], device: torch.device | None = None
                          ) -> Iterator[tuple[Tensor, Tensor]]:
