@@ -19,7 +19,6 @@ weight n_r W / n that makes the average of the ranks' gradients the gradient of 
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from collections.abc import Callable
@@ -33,7 +32,6 @@ from torch import Tensor, nn
 
 from ltsearch.errors import LtsearchError
 
-log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 LAUNCH_TIME_ENV = "LTSEARCH_LAUNCH_TIME"  # rank 0's start time, shared so every rank names the same run folder

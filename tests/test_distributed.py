@@ -215,25 +215,22 @@ def test_sigkill_of_one_rank_mid_retrain_then_resume_reproduces_the_uninterrupte
 
 
 def test_a_failing_rank_stops_the_job_with_one_message(tmp_path):
-    # rank 0 cannot take the run's lock: every rank stops, the message is printed once
-    run_dir = tmp_path / "locked"
-    fd = open_lock_file(run_dir / ".lock")
+    """Rank 0 cannot take the run's lock; a global batch does not split over the processes: every rank stops,
+    the message is printed once (the two jobs run side by side)."""
+    locked = tmp_path / "locked"
+    fd = open_lock_file(locked / ".lock")
     assert try_lock(fd)
     os.pwrite(fd, b"pid 1 on elsewhere\n", 0)
+    jobs = {"is in use by pid 1 on elsewhere": [*RUN, f"hydra.run.dir={locked}"],
+            "train.batch_size=63 is the global batch, split over 2 processes": [*RUN, "train.batch_size=63",
+                                                                               f"hydra.run.dir={tmp_path / 'odd'}"]}
+    procs = {message: subprocess.Popen(torchrun("run", *args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                       text=True) for message, args in jobs.items()}
     try:
-        proc = subprocess.run(torchrun("run", *RUN, f"hydra.run.dir={run_dir}"), capture_output=True, text=True,
-                              timeout=TIMEOUT)
+        for message, proc in procs.items():
+            text, _ = proc.communicate(timeout=TIMEOUT)
+            assert proc.returncode != 0
+            assert text.count(message) == 1, text[-3000:]
+            assert "Traceback (most recent call last):\n  File \"" + str(REPO) not in text
     finally:
         os.close(fd)
-    text = proc.stdout + proc.stderr
-    assert proc.returncode != 0
-    assert text.count("is in use by pid 1 on elsewhere") == 1, text[-3000:]
-    assert "Traceback (most recent call last):\n  File \"" + str(REPO) not in text
-
-
-def test_a_global_batch_that_does_not_split_evenly_is_refused_once(tmp_path):
-    proc = subprocess.run(torchrun("run", *RUN, "train.batch_size=63", f"hydra.run.dir={tmp_path / 'odd'}"),
-                          capture_output=True, text=True, timeout=TIMEOUT)
-    text = proc.stdout + proc.stderr
-    assert proc.returncode != 0
-    assert text.count("train.batch_size=63 is the global batch, split over 2 processes") == 1, text[-3000:]
