@@ -115,10 +115,16 @@ def _distributed(prog: str, args: list[str]) -> int:
     distributed.setup()
     try:
         os.environ[LAUNCH_TIME_ENV] = repr(distributed.shared_launch_time())
-        if not distributed.on_main(lambda: _composes(args)) and not distributed.is_main():
-            return 1  # rank 0 runs the app, which prints the error once
+        valid = distributed.on_main(lambda: _composes(args))
+        if not valid and not distributed.is_main():
+            distributed.barrier()  # until rank 0 has printed the error (the app on rank 0 fails with it)
+            return 1
         sys.argv = [prog, *args, *([] if distributed.is_main() else QUIET_RANK)]
-        hydra_main()
+        try:
+            hydra_main()
+        finally:
+            if not valid:
+                distributed.barrier()
         return 0
     finally:
         distributed.teardown()

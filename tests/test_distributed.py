@@ -215,15 +215,16 @@ def test_sigkill_of_one_rank_mid_retrain_then_resume_reproduces_the_uninterrupte
 
 
 def test_a_failing_rank_stops_the_job_with_one_message(tmp_path):
-    """Rank 0 cannot take the run's lock; a global batch does not split over the processes: every rank stops,
-    the message is printed once (the two jobs run side by side)."""
+    """Rank 0 cannot take the run's lock; a global batch does not split over the processes; a config is
+    invalid: every rank stops, the message is printed once (the jobs run side by side)."""
     locked = tmp_path / "locked"
     fd = open_lock_file(locked / ".lock")
     assert try_lock(fd)
     os.pwrite(fd, b"pid 1 on elsewhere\n", 0)
     jobs = {"is in use by pid 1 on elsewhere": [*RUN, f"hydra.run.dir={locked}"],
             "train.batch_size=63 is the global batch, split over 2 processes": [*RUN, "train.batch_size=63",
-                                                                               f"hydra.run.dir={tmp_path / 'odd'}"]}
+                                                                               f"hydra.run.dir={tmp_path / 'odd'}"],
+            "sparsity must be in [0, 1)": [*RUN, "sparsity=2", f"hydra.run.dir={tmp_path / 'invalid'}"]}
     procs = {message: subprocess.Popen(torchrun("run", *args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                        text=True) for message, args in jobs.items()}
     try:
