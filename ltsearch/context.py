@@ -45,6 +45,8 @@ class RunContext:
     def data(self) -> Data | ImageFolderData:
         """The dataset, placed for this runtime; in a distributed run, with this rank's shard of each batch."""
         data = build_data(self.cfg.dataset, self.cfg.runtime)
+        if isinstance(data, ImageFolderData):  # read by DataLoader workers, batches pinned for CUDA
+            return replace(data, shard=distributed.current_shard())
         nbytes = data.nbytes
         where = self.runtime.data_device(nbytes)
         if where.type == "cpu" and self.runtime.device.type == "cuda":

@@ -116,7 +116,6 @@ class ImageFolderData:
     std: Tensor
     workers: int
     decoded: dict[str, list[Tensor]] | None = None
-    host_prefetch: bool = False
     shard: Shard = field(default_factory=Shard)
 
     @property
