@@ -71,12 +71,13 @@ def check_group_overrides(args: list[str]) -> str | None:
 def check_output_dirs(args: list[str]) -> str | None:
     """Hydra answers a run/sweep directory it cannot use (an existing file, a link to nothing, a read-only
     folder) with a traceback; say it in one line."""
-    from ltsearch.guards import folder_problem
+    from ltsearch.guards import folder_problem, foreign_problem
 
     for arg in args:
         key, sep, value = arg.partition("=")
         if sep and key in ("hydra.run.dir", "hydra.sweep.dir"):
-            problem = folder_problem(Path(value.strip("'\"")).expanduser(), key)
+            path = Path(value.strip("'\"")).expanduser()
+            problem = folder_problem(path, key) or (foreign_problem(path) if key == "hydra.run.dir" else None)
             if problem:
                 return f"'{arg}': {problem}"
     return None

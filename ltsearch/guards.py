@@ -25,17 +25,27 @@ from ltsearch.storage import is_temporary, load_json, open_new, save_json
 STARTUP_FILES = (HYDRA, LOG, LOCK, FAILURE)
 
 
-def refuse_foreign(run_dir: Path) -> None:
-    """A folder without a run record must hold nothing but what a starting session writes."""
-    if (run_dir / RECORD).exists():
-        return
-    foreign = sorted(p.name for p in run_dir.iterdir() if p.name not in STARTUP_FILES and not is_temporary(p.name))
-    if foreign:
-        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
-        raise UnsafePathError(
-            f"{run_dir} is not an ltsearch run folder but already holds files ({shown}); ltsearch writes each "
+def foreign_problem(run_dir: Path) -> str | None:
+    """Why ltsearch must not use `run_dir` as a run folder (it holds files of someone else's), or None."""
+    if not run_dir.is_dir() or (run_dir / RECORD).exists():
+        return None
+    own = {*STARTUP_FILES}
+    foreign = sorted(p.name for p in run_dir.iterdir()
+                     if p.name not in own and not (is_temporary(p.name) and p.name.startswith((f".{RECORD}",
+                                                                                                f".{FAILURE}"))))
+    if not foreign:
+        return None
+    shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+    return (f"{run_dir} is not an ltsearch run folder but already holds files ({shown}); ltsearch writes each "
             f"run into a folder of its own and never overwrites or removes what it did not write: choose a new "
             f"or empty folder (hydra.run.dir=...)")
+
+
+def refuse_foreign(run_dir: Path) -> None:
+    """A folder without a run record must hold nothing but what a starting session writes."""
+    problem = foreign_problem(run_dir)
+    if problem:
+        raise UnsafePathError(problem)
 
 
 def refuse_links(run_dir: Path) -> None:

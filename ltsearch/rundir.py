@@ -203,7 +203,7 @@ class ArtifactDir:
     def _remedy(self) -> str:
         if not self.done:
             return ""
-        return (f"; stage {self.label} is marked complete but this artifact is damaged: delete the folder "
+        return (f"; stage {self.label} is marked complete but this artifact is damaged or gone: delete the folder "
                 f"{self.path} (and those of the stages after it) and resume to recompute it")
 
     def _recorded_sha(self, name: str) -> str | None:
