@@ -72,11 +72,11 @@ def run_pipeline(cfg: Config, run_dir: Path, overrides: list[str] | None = None,
                     current = name
                     _run_stage(ctx, name, STAGES[name])
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (see below)
-            _record_failure(run_dir, current, exc)
             term = isinstance(exc, Interrupted) and exc.exit_code == 143
-            raise Interrupted(f"{'terminated (SIGTERM)' if term else 'interrupted (Ctrl-C)'} in stage {current}; "
-                              f"resume with: ltsearch resume {shlex.quote(str(run_dir))}",
-                              143 if term else 130) from None
+            stop = Interrupted(f"{'terminated (SIGTERM)' if term else 'interrupted (Ctrl-C)'} in stage {current}; "
+                               f"resume with: ltsearch resume {shlex.quote(str(run_dir))}", 143 if term else 130)
+            _record_failure(run_dir, current, stop)
+            raise stop from None
         except OSError as exc:
             _record_failure(run_dir, current, exc)
             if exc.errno not in _STORAGE_ERRNOS:
