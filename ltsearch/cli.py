@@ -80,7 +80,14 @@ def check_output_dirs(args: list[str]) -> str | None:
             problem = folder_problem(path, key) or (foreign_problem(path) if key == "hydra.run.dir" else None)
             if problem:
                 return f"'{arg}': {problem}"
+    keys = {a.partition("=")[0] for a in args}
+    if not keys & {"hydra.run.dir", "hydra.sweep.dir", *NO_RUN_FLAGS}:  # a run into the default outputs/
+        return folder_problem(Path("outputs"), "the output folder")
     return None
+
+
+# Hydra flags that print something instead of running (no output folder is written)
+NO_RUN_FLAGS = ("--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc")
 
 
 def _hydra(args: list[str]) -> int:

@@ -237,6 +237,9 @@ CASES = [
          ("run", "{fast}", "hydra.run.dir={data}"), "is a symbolic link to", data="dangling"),
     Case("resume_read_only", "resume a run in a read-only folder", ("resume", "{data}"),
          "is not writable (Read-only file system)", data="unfinished", readonly=("{data}",)),
+    Case("run_into_read_only", "hydra.run.dir inside a read-only folder",
+         ("run", "{fast}", "hydra.run.dir={data}/run"), "is not writable (Read-only file system); ltsearch writes "
+         "its run there", data="empty_dir", readonly=("{data}",)),
     Case("resume_backslash_path", "ltsearch resume DIR with backslashes, quotes, '=' and ',' in its path",
          ("resume", "{data}"), "stage evaluate: done", data="odd_path", ok=True),
     Case("resume_interpolation_path", "ltsearch resume DIR with '${' in its path", ("resume", "{data}"),

@@ -303,6 +303,20 @@ def test_tiny_tmpfs_cache_does_not_fail_a_finished_run(tmp_path):
     assert not [line for line in (tmp_path / "left").read_text().splitlines() if ".tmp-" in line]
 
 
+@pytest.mark.skipif(not faults.can_sandbox(), reason="no unprivileged mount namespace (unshare -Urm)")
+def test_run_in_a_read_only_working_folder_says_so(tmp_path):
+    """The default run folder is outputs/ under the working folder: a read-only one is named before Hydra
+    starts (and --cfg job, which writes nothing, still works there)."""
+    work = tmp_path / "work"
+    work.mkdir()
+    cmd, env = faults.sandboxed(["sh", "-c", f"cd {work} && {sys.executable} -m ltsearch run {' '.join(FAST)}; "
+                                             f"echo rc=$?; {sys.executable} -m ltsearch run --cfg job"], [work])
+    proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, **env}, capture_output=True, text=True, timeout=300)
+    assert "rc=2" in proc.stdout and "sparsity: 0.9" in proc.stdout
+    assert "ltsearch: error: the output folder outputs is not writable (Read-only file system)" in proc.stderr
+    assert "Traceback" not in proc.stderr and not list(work.iterdir())
+
+
 # -- resume: odd paths, deleted artifacts ------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["back\\slash", "quote's \"double\"", "new\nline", "a=b,c [d] {e}", "-dash", "ü€"])
 def test_resume_resumes_exactly_the_folder_named(tmp_path, reference, name):

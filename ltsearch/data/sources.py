@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import logging
 import math
 import os
 import sys
@@ -25,6 +26,8 @@ from ltsearch.errors import ArtifactError, DataError
 from ltsearch.paths import cache_root
 from ltsearch.seeding import generator
 from ltsearch.storage import load_torch, save_torch
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -273,11 +276,16 @@ def load_imagefolder(cfg: DatasetConfig) -> Arrays:
         try:
             decoded = load_torch(cache)
         except ArtifactError:
-            cache.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # decoded again below; a read-only cache keeps it
+                cache.unlink(missing_ok=True)
     if decoded is None:
         with _native_stderr_silenced():
             decoded = _decode_folder(root)
-        save_torch(cache, decoded)
+        try:  # a copy to save decoding next time: a full or read-only cache only costs that
+            save_torch(cache, decoded)
+        except OSError as exc:
+            log.warning("could not keep the decoded images in %s (%s); they are decoded again next time",
+                        cache, exc.strerror or exc)
     train_x = decoded["train_x"]
     mean, std = (None, None) if cfg.mean else channel_stats(train_x)
     return Arrays(train_x, decoded["train_y"], decoded["test_x"], decoded["test_y"], len(decoded["classes"]),
