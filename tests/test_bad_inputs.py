@@ -271,19 +271,20 @@ CASES = [
     Case("cache_bad_marker", "a cache entry whose DONE.json is not JSON",
          ("run", "{fast}", "{pretrain}", "runtime.cache_dir={data}", "hydra.run.dir={fresh}"),
          "DONE.json is corrupt (invalid JSON", data="cache_bad_marker", ok=True),
-    Case("cache_disk_full", "disk full in the artifact cache (ENOSPC injected)",
+    Case("cache_disk_full", "disk full in the artifact cache",
          ("run", "{fast}", "{pretrain}", "runtime.cache_dir={data}", "hydra.run.dir={fresh}"),
          "search/pretrain: could not store a copy in the artifact cache", data="cache_empty", ok=True,
          fault="disk_full_in_cache"),
-    Case("cache_read_only_injected", "a read-only artifact cache (EROFS injected)",
+    Case("cache_read_only_injected", "a read-only artifact cache",
          ("run", "{fast}", "{pretrain}", "runtime.cache_dir={data}/artifacts", "hydra.run.dir={fresh}"),
          "cannot be locked or written (Read-only file system): it is used read-only", data="cache_good",
          ok=True, fault="cache_read_only"),
-    Case("cache_read_only", "a read-only artifact cache (a read-only mount)",
+    Case("cache_read_only", "a read-only artifact cache",
          ("run", "{fast}", "{pretrain}", "runtime.cache_dir={data}", "hydra.run.dir={fresh}"),
-         "search/pretrain: reused from the cache", data="cache_good", ok=True, readonly=("{data}",)),
+         "cannot be locked or written (Read-only file system): it is used read-only", data="cache_good", ok=True,
+         readonly=("{data}",)),
     # -- faults ------------------------------------------------------------------------------------------------------
-    Case("disk_full_in_run", "disk full in the run folder (ENOSPC injected in retrain)",
+    Case("disk_full_in_run", "disk full in the run folder (while retraining)",
          ("run", "{fast}", "hydra.run.dir={fresh}"),
          "the disk is full; stage retrain stopped and continues where it stopped once that is fixed: ltsearch "
          "resume", fault="disk_full_in_run"),
@@ -584,6 +585,9 @@ def found_line(text: str, out: str, err: str, folders: dict[str, Path]) -> str:
             for line in log.read_text(errors="replace").splitlines():
                 if text in line:
                     return re.sub(r"^\[[^]]*\]\[[^]]*\]\[(\w+)\] ", lambda m: f"{m.group(1).lower()}: ", line)
+    for line in err.splitlines():  # a warning of a command without a run log (report): one line on stderr
+        if text in line:
+            return line.strip()
     joined = " ".join((out + "\n" + err).split())
     if text in joined:
         start = joined.rfind("WARNING", 0, joined.index(text))
@@ -697,7 +701,7 @@ def table() -> str:
             shown = " ⏎ ".join(lines[:4]) + (" ⏎ …" if len(lines) > 4 else "")
             shown_args = [a for a in args if a not in FAST and a not in IMAGES and a not in PRETRAIN]
             command = "ltsearch " + " ".join(shown_args).replace(str(tmp_path), "/tmp/x").replace("\n", "\\n")
-            how = f" ({case.fault} injected)" if case.fault else " (read-only mount)" if case.readonly else ""
+            how = f" (fault `{case.fault}`)" if case.fault else " (read-only mount)" if case.readonly else ""
             rows.append(f"| {number} | {case.what}{how} | `{command}` | {rc}{mark} | "
                         f"{shown.replace('|', '&#124;')} |")
     return "\n".join(rows)
