@@ -53,6 +53,17 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def tensor_digest(*tensors: torch.Tensor) -> str:
+    """SHA-256 of the dtypes, shapes and bytes of `tensors` (one pass over their memory, no copy of a
+    contiguous CPU tensor): the same data gives the same digest wherever it was read from."""
+    digest = hashlib.sha256()
+    for tensor in tensors:
+        array = tensor.detach().cpu().contiguous().numpy().reshape(-1)
+        digest.update(f"{array.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(array.view("uint8"))
+    return digest.hexdigest()
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

@@ -22,7 +22,6 @@ from ltsearch.data.augment import augment_batch
 from ltsearch.data.prefetch import prefetched
 from ltsearch.data.sources import (
     Arrays,
-    content_digest,
     load_cifar,
     load_fake,
     load_imagefolder,
@@ -30,6 +29,7 @@ from ltsearch.data.sources import (
     load_torchvision_mnist,
 )
 from ltsearch.seeding import generator
+from ltsearch.storage import tensor_digest
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -184,5 +184,5 @@ def build_data(cfg: DatasetConfig) -> Data:
         mean=torch.tensor(mean, dtype=torch.float32) if mean else None,
         std=torch.tensor(std, dtype=torch.float32) if std else None,
         augment=cfg.augment.value,
-        identity=arrays.identity or content_digest(arrays.train_x, arrays.train_y, arrays.test_x, arrays.test_y),
+        identity=arrays.identity or tensor_digest(arrays.train_x, arrays.train_y, arrays.test_x, arrays.test_y),
     )

@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 class Arrays:
     """A whole dataset as CPU tensors. `identity` names its content: a loader whose files are verified
     against published checksums gives those; otherwise it is left empty and `content_digest` of the arrays
-    is used (what cached upstream work and a resumed run check the data against, never its path)."""
+    is used (`ltsearch.storage.tensor_digest`): what cached upstream work and a resumed run check the data
+    against, never its path."""
 
     train_x: Tensor
     train_y: Tensor
@@ -45,16 +46,6 @@ class Arrays:
     std: list[float] | None = None
     identity: str = ""
 
-
-def content_digest(*tensors: Tensor) -> str:
-    """SHA-256 of the dtypes, shapes and bytes of `tensors` (one pass over their memory, no copy of a
-    contiguous tensor): the same data gives the same digest wherever it was read from."""
-    digest = hashlib.sha256()
-    for tensor in tensors:
-        array = tensor.detach().cpu().contiguous().numpy().reshape(-1)
-        digest.update(f"{array.dtype}:{tuple(tensor.shape)};".encode())
-        digest.update(array.view(np.uint8))
-    return digest.hexdigest()
 
 
 def load_mnist1d(cfg: DatasetConfig) -> Arrays:
