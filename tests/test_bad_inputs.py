@@ -46,6 +46,7 @@ IMAGES = ["model=mlp1d", "model.hidden=[16]", "train=tiny", "runtime.progress=fa
           "stages=[search,rewind,retrain,evaluate]"]
 # After FAST: only the search stage, with dense pretraining to epoch 1 (what the artifact cache holds).
 PRETRAIN = ["pruner.when=rewind", "train.rewind_epoch=1", "stages=[search]"]
+CACHED_RUN = ("run", "{fast}", "{pretrain}", "runtime.cache_dir={data}", "hydra.run.dir={fresh}")
 
 
 @dataclass(frozen=True)
@@ -258,21 +259,21 @@ CASES = [
          "stage rewind: done", data="img_same", ok=True),
     # -- the artifact cache ---------------------------------------------------------------------------------------
     Case("cache_escape", "a cache entry whose record names ../../escaped.pt",
-         ("run", "{fast}", "{pretrain}", "runtime.cache_dir={data}", "hydra.run.dir={fresh}"),
+         CACHED_RUN,
          "which is not a plain name inside the entry); evicted, computing search/pretrain again",
          data="cache_escape", ok=True),
     Case("cache_link", "a cache entry whose weights.pt is a symbolic link (to victim.txt)",
-         ("run", "{fast}", "{pretrain}", "runtime.cache_dir={data}", "hydra.run.dir={fresh}"),
+         CACHED_RUN,
          "weights.pt is a symbolic link); evicted, computing search/pretrain again", data="cache_link", ok=True),
     Case("cache_checksum", "a cache entry whose weights.pt was damaged",
-         ("run", "{fast}", "{pretrain}", "runtime.cache_dir={data}", "hydra.run.dir={fresh}"),
+         CACHED_RUN,
          "weights.pt is corrupt: its checksum does not match the one recorded when it was written); evicted",
          data="cache_checksum", ok=True),
     Case("cache_bad_marker", "a cache entry whose DONE.json is not JSON",
-         ("run", "{fast}", "{pretrain}", "runtime.cache_dir={data}", "hydra.run.dir={fresh}"),
+         CACHED_RUN,
          "DONE.json is corrupt (invalid JSON", data="cache_bad_marker", ok=True),
     Case("cache_disk_full", "disk full in the artifact cache",
-         ("run", "{fast}", "{pretrain}", "runtime.cache_dir={data}", "hydra.run.dir={fresh}"),
+         CACHED_RUN,
          "search/pretrain: could not store a copy in the artifact cache", data="cache_empty", ok=True,
          fault="disk_full_in_cache"),
     Case("cache_read_only_injected", "a read-only artifact cache",
@@ -280,7 +281,7 @@ CASES = [
          "cannot be locked or written (Read-only file system): it is used read-only", data="cache_good",
          ok=True, fault="cache_read_only"),
     Case("cache_read_only", "a read-only artifact cache",
-         ("run", "{fast}", "{pretrain}", "runtime.cache_dir={data}", "hydra.run.dir={fresh}"),
+         CACHED_RUN,
          "cannot be locked or written (Read-only file system): it is used read-only", data="cache_good", ok=True,
          readonly=("{data}",)),
     # -- faults ------------------------------------------------------------------------------------------------------
