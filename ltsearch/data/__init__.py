@@ -29,6 +29,7 @@ from ltsearch.data.sources import (
     load_torchvision_mnist,
 )
 from ltsearch.seeding import generator
+from ltsearch.storage import tensor_digest
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -58,6 +59,7 @@ class Data:
     std: Tensor | None
     augment: str
     host_prefetch: bool = False
+    identity: str = ""  # what the content is, wherever it was read from (`Arrays.identity`)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -182,4 +184,5 @@ def build_data(cfg: DatasetConfig) -> Data:
         mean=torch.tensor(mean, dtype=torch.float32) if mean else None,
         std=torch.tensor(std, dtype=torch.float32) if std else None,
         augment=cfg.augment.value,
+        identity=arrays.identity or tensor_digest(arrays.train_x, arrays.train_y, arrays.test_x, arrays.test_y),
     )
