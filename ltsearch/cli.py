@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from ltsearch import __version__, distributed
-from ltsearch.errors import LtsearchError
+from ltsearch.errors import Interrupted, LtsearchError
 
 USAGE = """usage: ltsearch <command> [args]
 
@@ -44,11 +46,6 @@ def _error(message: str) -> int:
     return 2
 
 
-def _quote(value: str) -> str:
-    """Quote a value for a Hydra override (paths of sweep jobs contain '=' and ',')."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
 def config_groups() -> list[str]:
     """The config groups shipped in conf/ (folders other than hydra/)."""
     from importlib.resources import files
@@ -75,14 +72,25 @@ def check_group_overrides(args: list[str]) -> str | None:
 
 
 def check_output_dirs(args: list[str]) -> str | None:
-    """Hydra answers a run/sweep directory that is an existing file with a traceback; say it in one line."""
+    """Hydra answers a run/sweep directory it cannot use (an existing file, a link to nothing, a read-only
+    folder) with a traceback; say it in one line."""
+    from ltsearch.guards import folder_problem, foreign_problem
+
     for arg in args:
         key, sep, value = arg.partition("=")
         if sep and key in ("hydra.run.dir", "hydra.sweep.dir"):
             path = Path(value.strip("'\"")).expanduser()
-            if path.exists() and not path.is_dir():
-                return f"'{arg}': {path} exists and is not a directory; {key} must name a folder"
+            problem = folder_problem(path, key) or (foreign_problem(path) if key == "hydra.run.dir" else None)
+            if problem:
+                return f"'{arg}': {problem}"
+    keys = {a.partition("=")[0] for a in args}
+    if not keys & {"hydra.run.dir", "hydra.sweep.dir", *NO_RUN_FLAGS}:  # a run into the default outputs/
+        return folder_problem(Path("outputs"), "the output folder")
     return None
+
+
+# Hydra flags that print something instead of running (no output folder is written)
+NO_RUN_FLAGS = ("--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc")
 
 
 def _hydra(args: list[str]) -> int:
@@ -97,7 +105,21 @@ def _hydra(args: list[str]) -> int:
     if distributed.launched():
         return _distributed(prog, args)
     sys.argv = [prog, *args]
-    hydra_main()
+    return _run_app(hydra_main)
+
+
+def _run_app(hydra_main: Callable[[], Any]) -> int:
+    """The Hydra app; an interruption ends it with one line (printed by rank 0 of a distributed run)."""
+    try:
+        hydra_main()
+    except Interrupted as stop:  # the pipeline wrote its failure record and says how to resume
+        if distributed.is_main():
+            print(f"ltsearch: {stop.message}", file=sys.stderr)
+        return stop.exit_code
+    except KeyboardInterrupt:
+        if distributed.is_main():
+            print("ltsearch: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 
@@ -121,11 +143,10 @@ def _distributed(prog: str, args: list[str]) -> int:
             return 1
         sys.argv = [prog, *args, *([] if distributed.is_main() else QUIET_RANK)]
         try:
-            hydra_main()
+            return _run_app(hydra_main)
         finally:
             if not valid:
                 distributed.barrier()
-        return 0
     finally:
         distributed.teardown()
 
@@ -158,19 +179,52 @@ def _completion(args: list[str]) -> int:
     return _hydra(args)
 
 
+# The run folder of `ltsearch resume` reaches Hydra through the environment: `hydra.run.dir` reads it with
+# oc.env, whose value is taken as it is, so no character of the path (quote, backslash, `${`, `=`, `,`, a
+# line break) can be mistaken for override or interpolation syntax.
+RESUME_DIR_ENV = "LTSEARCH_RESUME_DIR"
+
+
+def record_problem(overrides: object) -> str | None:
+    """A run record's overrides are replayed by `resume`: they must be plain config overrides. Hydra's own
+    settings (log handlers, callbacks, search path, run folder) and command-line flags are never taken from
+    a file in a run folder, which others may have written."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+        return "its overrides are not a list of strings"
+    parser = OverridesParser.create()
+    for text in overrides:
+        try:
+            override = parser.parse_override(text)
+        except Exception:  # Hydra's grammar errors, whatever their type
+            return f"its override {text!r} is not a config override"
+        key, package = override.key_or_group, override.package or ""
+        if key == "hydra" or override.is_hydra_override() or package.split(".")[0] == "hydra":
+            return (f"it lists the Hydra setting {text!r}; resume takes no hydra.* settings from a run folder "
+                    f"(they choose log files, callbacks and paths): remove it from the record's overrides, or give "
+                    f"it on the command line")
+    return None
+
+
 def _resume(args: list[str]) -> int:
     from ltsearch.config import RUNTIME_KEYS
+    from ltsearch.guards import folder_problem
+    from ltsearch.paths import RECORD
     from ltsearch.rundir import read_record
 
     if not args or args[0].startswith("-"):
         return _error("resume needs a run directory: ltsearch resume RUN_DIR [runtime.*=...]")
     run_dir, extra = Path(args[0]), args[1:]
     if not run_dir.is_dir():
-        return _error(f"{run_dir} is not a directory")
+        return _error(folder_problem(run_dir, "run directory") or f"{run_dir} is not a directory")
     try:
         record = read_record(run_dir)
     except LtsearchError as exc:
         return _error(str(exc))
+    problem = record_problem(record["overrides"])
+    if problem:
+        return _error(f"{run_dir / RECORD}: {problem}")
     allowed = (*RUNTIME_KEYS, "hydra")
     keys = [o.lstrip("+~").partition("=")[0] for o in extra]
     bad = [o for o, k in zip(extra, keys, strict=True)
@@ -178,8 +232,14 @@ def _resume(args: list[str]) -> int:
     if bad:
         return _error(f"resume accepts overrides of runtime-only settings ({', '.join(RUNTIME_KEYS)}) and hydra.* "
                       f"only, got {' '.join(bad)}; a changed experiment needs a new run directory")
-    overrides = [*record["overrides"], *extra, f"hydra.run.dir={_quote(str(run_dir.resolve()))}"]
-    return _hydra(overrides)
+    problem = folder_problem(run_dir, "run directory")
+    if problem:
+        return _error(f"{problem}: make it writable, or copy the run (cp -r) and resume the copy")
+    if "${" in str(run_dir.resolve()):  # Hydra resolves its run folder's path again in its log settings
+        return _error(f"cannot resume {run_dir}: its path holds '${{', which Hydra reads as an interpolation; "
+                      f"rename the folder (mv) and resume it under the new name")
+    os.environ[RESUME_DIR_ENV] = str(run_dir.resolve())
+    return _hydra([*record["overrides"], *extra, f"hydra.run.dir=${{oc.env:{RESUME_DIR_ENV}}}"])
 
 
 def _report(args: list[str]) -> int:

@@ -28,17 +28,20 @@ from ltsearch.config import (
 from ltsearch.data import DATASETS, FOLDER_DATASETS
 from ltsearch.distributed import LAUNCH_TIME_ENV
 from ltsearch.errors import ConfigError
+from ltsearch.logfile import has_control, one_line
 from ltsearch.models import MODELS
 from ltsearch.objectives import OBJECTIVES
+from ltsearch.paths import job_folder
 from ltsearch.pruners import PRUNERS
 from ltsearch.stages import STAGES
 
 
 def register_configs() -> None:
-    """Put the schemas into Hydra's ConfigStore (idempotent).
+    """Put the schemas into Hydra's ConfigStore, and the resolver of sweep job folder names (idempotent).
 
     Root-level names (no group), so that schemas never appear as options in --help or glob() sweeps; a
     group file extends its schema with `defaults: [/schema_<group>@_here_, _self_]`."""
+    OmegaConf.register_new_resolver("ltsearch_job_folder", job_folder, replace=True)  # hydra.sweep.subdir
     cs = ConfigStore.instance()
     cs.store(name="ltsearch_schema", node=Config)
     cs.store(name="schema_model", node=ModelConfig)
@@ -71,8 +74,19 @@ def to_config(cfg: DictConfig | Config) -> Config:
         raise ConfigError(f"invalid config: {exc}") from exc
     assert isinstance(obj, Config)
     _check_unknown_keys(cfg, obj)
+    _check_one_line(obj)
     check_names(obj)
     return obj
+
+
+def _check_one_line(obj: Config) -> None:
+    """No string of the config holds a control character: config strings name things and paths, and they go
+    into logs, folder names and tables, where a line break would forge a line."""
+    for key, value in flatten(config_container(obj)).items():
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, str) and has_control(item):
+                raise ConfigError(f"invalid config: {key}={one_line(item)} holds a line break or another control "
+                                  f"character; config strings must be one line")
 
 
 def _check_unknown_keys(cfg: DictConfig, obj: Config) -> None:

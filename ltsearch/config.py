@@ -6,10 +6,14 @@ compose time with Hydra's own messages. Ranges and cross-field rules live in `__
 the typed object is built (`ltsearch.compose.to_config`, first thing in every run); names that refer to a
 registry (model, dataset, pruner, objective, stages) are checked there too. Pruner schemas live beside
 their pruner (one file per method).
+
+Why this module is long: it is the one schema of every config group but the pruners', each key with its
+default, its range check and a line that says what it means; split, a reader would hunt for a key.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import MISSING as MISSING_FIELD
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
@@ -118,6 +122,7 @@ class DatasetConfig:
         _require(self.train_subset >= 0 and self.test_subset >= 0, "dataset subsets must be >= 0 (0 = all)")
         _require(len(self.mean) == len(self.std), "dataset.mean and dataset.std must have the same length")
         _require(all(s > 0 for s in self.std), "dataset.std entries must be positive")
+        _require(all(s > 0 for s in self.shape), f"dataset.shape entries must be positive, got {list(self.shape)}")
         _require(0 < self.image_size <= self.resize_size, "need 0 < dataset.image_size <= dataset.resize_size")
         _require(len(self.crop_scale) == 2 and 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1,
                  f"dataset.crop_scale must be [low, high] with 0 < low <= high <= 1, got {self.crop_scale}")
@@ -221,6 +226,9 @@ class RuntimeConfig:
             f"runtime.device must be auto, cpu, cuda, cuda:N or mps, got '{self.device}'",
         )
         _require(self.threads >= 0, "runtime.threads must be >= 0 (0 = torch default)")
+        cpus = os.cpu_count() or 1
+        _require(self.threads <= cpus, f"runtime.threads={self.threads} is more than the {cpus} CPUs of this "
+                                       f"machine (0 = torch's default)")
         _require(self.checkpoint_every >= 1, "runtime.checkpoint_every must be >= 1")
         _require(self.keep_checkpoints >= 1, "runtime.keep_checkpoints must be >= 1")
         _require(self.data_on_device in ("auto", "true", "false"), "runtime.data_on_device: auto, true or false")
@@ -246,6 +254,8 @@ class Config:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
     def __post_init__(self) -> None:
+        _require(-(2**63) <= self.seed < 2**64, f"seed must be a 64-bit integer (from -2**63 to 2**64 - 1), "
+                                                f"got {self.seed}")
         _require(
             isinstance(self.sparsity, float | int) and 0.0 <= float(self.sparsity) < 1.0,
             f"sparsity must be in [0, 1) (the fraction of prunable weights removed), got {self.sparsity}",

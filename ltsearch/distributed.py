@@ -138,13 +138,6 @@ def on_main(fn: Callable[[], T]) -> T:
     return value
 
 
-def poll_on_main(ready: Callable[[], bool], interval: float = 2.0) -> None:
-    """Wait until `ready()` (called on rank 0 only) returns True; the ranks meet every `interval` seconds,
-    so a long wait never outlasts a collective's timeout."""
-    while not on_main(ready):
-        time.sleep(interval)
-
-
 def sum_(*tensors: Tensor) -> None:
     """All-reduce (sum) each tensor in place, on its own device."""
     if world_size() > 1:

@@ -1,8 +1,12 @@
 """The pipeline: run the selected stages in order inside one locked run directory.
 
-A stage is skipped when its completion marker exists; an unfinished stage continues from what it
-persisted. Before anything runs, the config is compared with the run's own record (written once), so a
+A stage is skipped when its completion marker exists (and every artifact it names is still there); an
+unfinished stage continues from what it persisted. Before anything runs, the folder is checked to be
+ltsearch's own (`ltsearch.guards`) and the config is compared with the run's own record (written once), so a
 run directory never mixes the results of two configs.
+
+However a session ends early, `failed.json` says where: an error, Ctrl-C or SIGTERM (raised as `Interrupted`,
+whose one-line message says how to resume), or a full or read-only disk (a `StorageError` naming the file).
 
 In a run over several processes (`ltsearch.distributed`) every rank runs the stages; rank 0 alone holds the
 lock and checks the record (an error there stops every rank), and the ranks meet at every stage boundary,
@@ -11,7 +15,13 @@ so that all of them see the same finished stages.
 
 from __future__ import annotations
 
+import errno
 import logging
+import shlex
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +30,9 @@ import torch
 from ltsearch import distributed
 from ltsearch.config import RUNTIME_KEYS, Config, config_container, schema_defaults
 from ltsearch.context import RunContext
-from ltsearch.errors import ConfigError, ResumeError
-from ltsearch.paths import EVALUATE, RECORD, RESULTS
+from ltsearch.errors import ConfigError, Interrupted, ResumeError, StorageError
+from ltsearch.guards import refuse_foreign, refuse_links
+from ltsearch.paths import DATA_RECORD, EVALUATE, FAILURE, RECORD, RESULTS
 from ltsearch.rundir import RunLock, clear_failure, config_diff, read_record, write_failure, write_record
 from ltsearch.runtime import Runtime
 from ltsearch.seeding import seed_everything
@@ -73,8 +84,10 @@ def run_pipeline(cfg: Config, run_dir: Path, overrides: list[str] | None = None,
     def enter() -> None:  # rank 0's part (all of it on one process)
         check_world(cfg)
         run_dir.mkdir(parents=True, exist_ok=True)
+        refuse_links(run_dir)
+        refuse_foreign(run_dir)
         lock.acquire()
-        remove_stale_temporaries(run_dir)
+        remove_stale_temporaries(run_dir, own_files=(RECORD, FAILURE, DATA_RECORD), own_folders=tuple(STAGES))
         check_record(run_dir, cfg, overrides or [], label)
 
     try:
@@ -84,11 +97,24 @@ def run_pipeline(cfg: Config, run_dir: Path, overrides: list[str] | None = None,
                          stage_names=tuple(STAGES), callbacks=callbacks)
         current = None
         try:
-            for name in [s for s in STAGES if s in cfg.stages]:
-                current = name
-                _run_stage(ctx, name, STAGES[name])
+            with _sigterm_interrupts():
+                for name in [s for s in STAGES if s in cfg.stages]:
+                    current = name
+                    _run_stage(ctx, name, STAGES[name])
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (see below)
+            term = isinstance(exc, Interrupted) and exc.exit_code == 143
+            stop = Interrupted(f"{'terminated (SIGTERM)' if term else 'interrupted (Ctrl-C)'} in stage {current}; "
+                               f"resume with: ltsearch resume {shlex.quote(str(run_dir))}", 143 if term else 130)
+            _record_failure(run_dir, current, stop)
+            raise stop from None
+        except OSError as exc:
+            _record_failure(run_dir, current, exc)
+            if exc.errno not in _STORAGE_ERRNOS:
+                raise
+            raise StorageError(f"{_storage_problem(exc)}; stage {current} stopped and continues where it stopped "
+                               f"once that is fixed: ltsearch resume {shlex.quote(str(run_dir))}") from exc
         except BaseException as exc:
-            write_failure(run_dir, current, exc)
+            _record_failure(run_dir, current, exc)
             raise
         clear_failure(run_dir)
         results = ctx.stage_dir(EVALUATE)
@@ -97,10 +123,49 @@ def run_pipeline(cfg: Config, run_dir: Path, overrides: list[str] | None = None,
         lock.release()
 
 
+# The filesystem's refusals: nothing wrong with the run, which continues once the storage takes writes again.
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+
+
+def _storage_problem(exc: OSError) -> str:
+    what = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+            errno.EROFS: "the filesystem is read-only"}.get(exc.errno or 0, exc.strerror or str(exc))
+    return f"cannot write {exc.filename or 'a file'}: {what}" if exc.filename else f"a write failed: {what}"
+
+
+def _record_failure(run_dir: Path, stage: str | None, exc: BaseException) -> None:
+    """failed.json, if the filesystem still takes it (a full disk may refuse it too)."""
+    try:
+        write_failure(run_dir, stage, exc)
+    except OSError as problem:
+        log.warning("could not write %s (%s)", run_dir / FAILURE, problem.strerror or problem)
+
+
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM (a scheduler's or a user's `kill`) ends the run like Ctrl-C: with a failure record and a
+    resume hint. Only where nobody else handles SIGTERM (a launcher such as submitit may) and only in the
+    main thread, which alone may install signal handlers."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def terminate(signum: int, frame: object) -> None:
+        raise Interrupted("SIGTERM", 143)
+
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def _run_stage(ctx: RunContext, name: str, stage: Stage) -> None:
     distributed.barrier()
     out = ctx.stage_dir(name)
     if out.done:
+        out.check_complete()
         log.info("stage %s: already complete, skipped", name)
         return
     for needed in stage.requires:

@@ -198,10 +198,17 @@ class ArtifactDir:
         except ArtifactError as exc:
             raise ArtifactError(f"{exc}{self._remedy()}") from exc
 
+    def check_complete(self) -> None:
+        """A finished folder still holds every artifact its marker names (one deleted later is reported by
+        name, like a damaged one, instead of failing a later stage or report)."""
+        for name in self.info().get("artifacts", {}):
+            if not (self.path / name).is_file():
+                raise ArtifactError(f"{self.path / name} is missing{self._remedy()}")
+
     def _remedy(self) -> str:
         if not self.done:
             return ""
-        return (f"; stage {self.label} is marked complete but this artifact is damaged: delete the folder "
+        return (f"; stage {self.label} is marked complete but this artifact is damaged or gone: delete the folder "
                 f"{self.path} (and those of the stages after it) and resume to recompute it")
 
     def _recorded_sha(self, name: str) -> str | None:

@@ -37,6 +37,7 @@ from ltsearch.data.stream import ImageFolderData, load_image_folder
 from ltsearch.distributed import Shard
 from ltsearch.errors import DataError
 from ltsearch.seeding import generator
+from ltsearch.storage import tensor_digest
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -70,6 +71,7 @@ class Data:
     std: Tensor | None
     augment: str
     host_prefetch: bool = False
+    identity: str = ""  # what the content is, wherever it was read from (`Arrays.identity`)
     shard: Shard = Shard()
 
     @property
@@ -187,4 +189,5 @@ def build_data(cfg: DatasetConfig, runtime: RuntimeConfig | None = None) -> Data
         mean=torch.tensor(mean, dtype=torch.float32) if mean else None,
         std=torch.tensor(std, dtype=torch.float32) if std else None,
         augment=cfg.augment.value,
+        identity=arrays.identity or tensor_digest(arrays.train_x, arrays.train_y, arrays.test_x, arrays.test_y),
     )

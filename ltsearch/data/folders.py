@@ -14,6 +14,7 @@ strings would be copied page by page as the workers touch its reference counts).
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,3 +143,16 @@ def decoded_bytes(split: Split) -> int:
         except OSError:
             continue
     return int(3 * np.mean(pixels) * len(split)) if pixels else 0
+
+
+def identity(root: Path, *splits: Split) -> str:
+    """What the folder holds, wherever it lies: every image's path below `root`, size and class (a file
+    replaced by one of another size, moved or relabelled is other data; an image rewritten in place with the
+    same size is not seen, which would take reading every file)."""
+    digest = hashlib.sha256()
+    base = os.fsencode(str(Path(root).expanduser().resolve()))
+    for split in splits:
+        for path, label in zip(split.files, split.labels, strict=True):
+            size = os.stat(path).st_size
+            digest.update(os.path.relpath(path, base) + b"\0%d\0%d\n" % (size, label))
+    return "imagenet_folder:" + digest.hexdigest()

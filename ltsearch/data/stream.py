@@ -39,7 +39,7 @@ from torchvision.transforms import v2
 from ltsearch import distributed
 from ltsearch.config import DatasetConfig, RuntimeConfig
 from ltsearch.data.common import sample_indices, to_inputs
-from ltsearch.data.folders import Split, available_memory, decoded_bytes, scan, subset
+from ltsearch.data.folders import Split, available_memory, decoded_bytes, identity, scan, subset
 from ltsearch.data.sources import decode
 from ltsearch.distributed import Shard
 from ltsearch.errors import DataError
@@ -116,6 +116,7 @@ class ImageFolderData:
     std: Tensor
     workers: int
     decoded: dict[str, list[Tensor]] | None = None
+    identity: str = ""  # what the folder holds, wherever it lies (`folders.identity`)
     shard: Shard = field(default_factory=Shard)
 
     @property
@@ -266,7 +267,8 @@ def load_image_folder(cfg: DatasetConfig, runtime: RuntimeConfig) -> ImageFolder
     data = ImageFolderData(
         name=cfg.name, classes=classes, train=train, test=test, image_size=cfg.image_size,
         resize_size=cfg.resize_size, crop_scale=(cfg.crop_scale[0], cfg.crop_scale[1]), augment=cfg.augment.value,
-        mean=torch.tensor(cfg.mean or IMAGENET_MEAN), std=torch.tensor(cfg.std or IMAGENET_STD), workers=workers)
+        mean=torch.tensor(cfg.mean or IMAGENET_MEAN), std=torch.tensor(cfg.std or IMAGENET_STD), workers=workers,
+        identity=identity(Path(cfg.root), train, test))
     what = f"dataset {cfg.root}: {len(train)} training and {len(test)} evaluation images in {len(classes)} classes"
     storage = runtime.data_storage
     if storage == "auto":
