@@ -1,9 +1,10 @@
 """A small 1-D CNN for MNIST-1D (inputs of shape (1, 40)).
 
-Four conv layers (kernel 5 then 3, stride 1/2/2/2, BatchNorm, ReLU) and a linear head. The channels of
-the four layers are `model.hidden` (four numbers) or, when that is empty, `model.width` each (64: about
-40K prunable weights). Channels that grow with depth put most weights where the sequence is short, so a
-network with several times the weights costs little more compute.
+Four conv layers (kernel 5 then 3, stride 1/2/2/2, BatchNorm, ReLU) and a linear head. The channels double
+from layer to layer, starting at `model.width` (32: 32/64/128/256 channels, 142K prunable weights). Doubling
+puts most weights where the sequence is short, so the network holds enough weights for a ticket at 99.3%
+sparsity (about a thousand) to learn the task, for about 1.7x the compute of four layers of 64 channels
+(40K weights, whose 0.7% is 282 weights).
 """
 
 from __future__ import annotations
@@ -44,7 +45,5 @@ class CNN1d(nn.Module):
 def build_cnn1d(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     if len(input_shape) != 2:
         raise ConfigError(f"model 'cnn1d' needs 1-D inputs (channels, length), got shape {input_shape}")
-    if cfg.hidden and len(cfg.hidden) != 4:
-        raise ConfigError(f"model 'cnn1d' takes four channel counts in model.hidden, got {list(cfg.hidden)}")
-    widths = list(cfg.hidden) or [cfg.width or 64] * 4
-    return CNN1d(input_shape[0], input_shape[1], widths, num_classes)
+    width = cfg.width or 32
+    return CNN1d(input_shape[0], input_shape[1], [width, 2 * width, 4 * width, 8 * width], num_classes)
