@@ -5,8 +5,9 @@ Parts, each printed as a markdown table (and saved as CSV under --out):
 
   lengths   CTS (task loss) and CTS-KL at sparsity 0.99 and 0.993, seeds 0 and 1, search length short /
             half / long (int(1/8, 1/2, 1 x 40) = 5 / 20 / 40 search epochs), the lenet_mnist preset (dense
-            to the rewind point, epoch 1, then retraining to epoch 40). Accuracy after retraining, accuracy
-            of the hard mask before retraining, search and total wall time, compute in dense epochs.
+            to the rewind point, epoch 1, then retraining to epoch 40); CTS-KL on the quickstart (MNIST-1D)
+            likewise. Accuracy after retraining, accuracy of the hard mask before retraining, search and
+            total wall time, compute in dense epochs.
   objectives  every CTS objective at sparsity 0.99 (short search, seeds 0 and 1).
   point     where to search: CTS-KL at 0.99 and 0.993 with the search at initialisation and at rewind
             epochs 1, 2 and 5, with the sanity stage (margins of the ticket over shuffle, invert and random
@@ -76,15 +77,19 @@ def summary_row(results: list[dict[str, Any]]) -> dict[str, str]:
 
 def lengths(args: argparse.Namespace) -> None:
     rows = []
-    for sparsity in args.sparsities:
-        for method, option in METHODS.items():
-            for length in ("short", "half", "long"):
-                results = [run(args, f"lengths/{method}_{length}_{sparsity}_s{seed}",
-                               [*lenet(args), option, f"pruner.length={length}", f"sparsity={sparsity}",
-                                f"seed={seed}", NO_SANITY]) for seed in args.seeds]
-                rows.append({"method": method, "sparsity": str(sparsity), "length": length,
-                             "search epochs": str(results[0]["pruning_point"]["pruner"]["epochs"]),
-                             **summary_row(results)})
+    setups = (("LeNet-300-100 / MNIST", "lenet", lenet(args), METHODS),
+              ("quickstart / MNIST-1D", "quickstart", quickstart(args), {"cts_kl": METHODS["cts_kl"]}))
+    for setup, tag, base, methods in setups:
+        for sparsity in args.sparsities:
+            for method, option in methods.items():
+                for length in ("short", "half", "long"):
+                    prefix = "" if tag == "lenet" else f"{tag}_"
+                    results = [run(args, f"lengths/{prefix}{method}_{length}_{sparsity}_s{seed}",
+                                   [*base, option, f"pruner.length={length}", f"sparsity={sparsity}",
+                                    f"seed={seed}", NO_SANITY]) for seed in args.seeds]
+                    rows.append({"setup": setup, "method": method, "sparsity": str(sparsity), "length": length,
+                                 "search epochs": str(results[0]["pruning_point"]["pruner"]["epochs"]),
+                                 **summary_row(results)})
     print(markdown_table(rows))
     save_rows(args.out / "lengths.csv", rows)
 
