@@ -2,28 +2,40 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from ltsearch.compose import register_configs, to_config
+from ltsearch.compose import method_label, register_configs, to_config
+from ltsearch.config import flatten
+from ltsearch.errors import ConfigError
 from ltsearch.pipeline import run_pipeline
+from ltsearch.runtime import configure_console
 
 register_configs()
 
 
-def _label(cfg: DictConfig, choices: dict[str, Any]) -> str:
-    """The method's name in reports: pruner.label, else the chosen pruner option (e.g. cts_kl)."""
-    return str(OmegaConf.select(cfg, "pruner.label") or choices.get("pruner") or cfg.pruner.name)
+def sweep_value(results: dict[str, Any], key: str) -> float | None:
+    """The number a Hydra sweeper optimises: `sweep_metric`, a dotted key of results.json."""
+    if not results:
+        return None
+    values = flatten(results)
+    if key not in values or not isinstance(values[key], int | float):
+        numeric = sorted(k for k, v in values.items() if isinstance(v, int | float) and not k.startswith("config."))
+        raise ConfigError(f"sweep_metric={key} is not a number in results.json; e.g. {', '.join(numeric[:12])}")
+    value = float(values[key])
+    return None if math.isnan(value) else value
 
 
 @hydra.main(version_base="1.3", config_path="pkg://ltsearch.conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     config = to_config(cfg)
+    configure_console(config.runtime.verbosity)
     hc = HydraConfig.get()
     results = run_pipeline(config, Path(hc.runtime.output_dir), overrides=list(hc.overrides.task),
-                           label=_label(cfg, dict(hc.runtime.choices)))
-    return results.get("test_acc")
+                           label=method_label(cfg, dict(hc.runtime.choices)))
+    return sweep_value(results, config.sweep_metric)

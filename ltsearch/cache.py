@@ -25,10 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ltsearch import __version__, locks
+from ltsearch import locks
 from ltsearch.paths import CACHE_SPEC, MARKER, TMP_MARK
 from ltsearch.rundir import ArtifactDir
 from ltsearch.storage import load_json, save_json
+from ltsearch.version import __version__
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ import os
 import sys
 from pathlib import Path
 
-from ltsearch import __version__
 from ltsearch.errors import LtsearchError
+from ltsearch.version import __version__
 
 USAGE = """usage: ltsearch <command> [args]
 

@@ -6,6 +6,9 @@ compose time with Hydra's own messages. Ranges and cross-field rules live in `__
 the typed object is built (`ltsearch.compose.to_config`, first thing in every run); names that refer to a
 registry (model, dataset, pruner, objective, stages) are checked there too. Pruner schemas live beside
 their pruner (one file per method).
+
+Why this module is long: it is the whole typed schema in one leaf module (every config section is a small
+dataclass with its own range checks), so that every layer can import it without importing anything else.
 """
 
 from __future__ import annotations
@@ -61,6 +64,16 @@ class SanityVariant(str, Enum):
     invert = "invert"
     reinit = "reinit"
     random = "random"
+
+
+class Verbosity(str, Enum):
+    """What the console shows: quiet (warnings, errors and one closing line), normal (the run directory,
+    progress bars, one line per finished stage, the summary), verbose (also every epoch and detail line).
+    run.log always gets everything."""
+
+    quiet = "quiet"
+    normal = "normal"
+    verbose = "verbose"
 
 
 class LayerCollapse(str, Enum):
@@ -195,6 +208,7 @@ class RuntimeConfig:
     threads: int = 0
     deterministic: bool = True
     progress: bool = True
+    verbosity: Verbosity = Verbosity.normal  # `ltsearch run -q` / `-v` set it
     checkpoint_every: int = 1
     keep_checkpoints: int = 2
     data_on_device: str = "auto"
@@ -214,6 +228,49 @@ class RuntimeConfig:
 
 
 @dataclass
+class TensorBoardConfig:
+    """TensorBoard event files under RUN_DIR/<dir> (`logger=tensorboard`)."""
+
+    enabled: bool = False
+    dir: str = "tensorboard"
+
+
+@dataclass
+class WandbConfig:
+    """Weights & Biases (`logger=wandb`, the `wandb` extra). `mode`: offline (files under RUN_DIR/wandb, sync
+    later with `wandb sync`), online, or disabled."""
+
+    enabled: bool = False
+    project: str = "ltsearch"
+    entity: str = ""
+    mode: str = "offline"
+    tags: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        _require(self.mode in ("offline", "online", "disabled"),
+                 f"logger.wandb.mode must be offline, online or disabled, got '{self.mode}'")
+
+
+@dataclass
+class MLflowConfig:
+    """MLflow (`logger=mlflow`, the `mlflow` extra). `tracking_uri` "" = a local store in RUN_DIR/mlruns."""
+
+    enabled: bool = False
+    tracking_uri: str = ""
+    experiment: str = "ltsearch"
+
+
+@dataclass
+class LoggerConfig:
+    """Experiment loggers. RUN_DIR/metrics.csv is always written; the others are switched on by the
+    `logger` config group (`logger=tensorboard`, `logger=[tensorboard,mlflow]`) or `logger.<name>.enabled`."""
+
+    tensorboard: TensorBoardConfig = field(default_factory=TensorBoardConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    mlflow: MLflowConfig = field(default_factory=MLflowConfig)
+
+
+@dataclass
 class Config:
     """The whole experiment. `sparsity` is the fraction of prunable weights removed."""
 
@@ -229,6 +286,9 @@ class Config:
     sanity: SanityConfig = field(default_factory=SanityConfig)
     layer_collapse: LayerCollapse = LayerCollapse.warn
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    # The number `ltsearch run` returns to a Hydra sweeper (Optuna): a dotted key of results.json
+    sweep_metric: str = "test_acc"
 
     def __post_init__(self) -> None:
         _require(
@@ -244,8 +304,10 @@ class Config:
 
 
 # Keys that describe how (or from where) to run rather than what to compute; a resumed run may change them.
-# (layer_collapse only decides whether a run stops on a collapsed layer; it changes no number.)
-RUNTIME_KEYS = ("runtime", "stages", "dataset.root", "dataset.download", "layer_collapse")
+# (layer_collapse only decides whether a run stops on a collapsed layer, loggers only copy numbers elsewhere,
+# sweep_metric only picks one of them; none changes a number.)
+RUNTIME_KEYS = ("runtime", "stages", "dataset.root", "dataset.download", "layer_collapse", "logger",
+                "sweep_metric")
 
 
 def config_container(cfg: Config | DictConfig) -> dict[str, Any]:

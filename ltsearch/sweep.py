@@ -31,7 +31,7 @@ from ltsearch import locks
 from ltsearch.paths import FAILURE, SUMMARY_CSV, SUMMARY_LOCK, SUMMARY_TXT
 from ltsearch.report import build_report, write_report
 from ltsearch.storage import load_json, save_json
-from ltsearch.tables import model_label
+from ltsearch.tables import dataset_label, model_label
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,14 @@ def _model_label(config: DictConfig) -> str | None:
     return model_label(model) if isinstance(model, dict) else None
 
 
+def _dataset_label(config: DictConfig) -> str | None:
+    try:
+        dataset = OmegaConf.to_container(config.dataset, resolve=True)
+    except Exception:  # an invalid dataset section: fall back to whatever name it has
+        return _select(config, "dataset.name")
+    return dataset_label(dataset) if isinstance(dataset, dict) else None
+
+
 def record_failure(job_dir: Path, config: DictConfig, job_return: JobReturn, started: float) -> None:
     """Write failed.json for a failed job, unless the pipeline already recorded this failure."""
     existing = job_dir / FAILURE
@@ -78,7 +86,7 @@ def record_failure(job_dir: Path, config: DictConfig, job_return: JobReturn, sta
     job = {
         "method": _select(config, "pruner.label") or _select(config, "hydra.runtime.choices.pruner"),
         "model": _model_label(config),
-        "dataset": _select(config, "dataset.name"),
+        "dataset": _dataset_label(config),
         "sparsity": _select(config, "sparsity"),
         "seed": _select(config, "seed"),
         "when": _select(config, "pruner.when"),
