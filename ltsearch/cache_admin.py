@@ -22,7 +22,7 @@ from ltsearch.locks import open_lock_file, try_lock, unlock
 from ltsearch.paths import CACHE_SPEC, MARKER, TMP_MARK, artifact_cache_dir, cache_root
 from ltsearch.runtime import write
 from ltsearch.storage import load_json
-from ltsearch.tables import dataset_label, model_label
+from ltsearch.tables import compact_table, dataset_label, model_label
 
 DATA_KIND = "data"
 
@@ -51,17 +51,15 @@ def _describe(spec: dict[str, Any]) -> str:
     """What an artifact entry is, from its spec: model, data, seed, epochs or IMP level."""
     inner = spec.get("spec", {})
     parts = []
-    if isinstance(inner.get("model"), dict):
-        parts.append(model_label(inner["model"]))
-    if isinstance(inner.get("dataset"), dict):
-        parts.append(f"on {dataset_label(str(inner['dataset'].get('name', '?')))}")
+    if isinstance(inner.get("model"), dict) and isinstance(inner.get("dataset"), dict):
+        parts.append(f"{model_label(inner['model'])} on {dataset_label(inner['dataset'])}")
     if "seed" in inner:
         parts.append(f"seed {inner['seed']}")
     if "level" in inner:
         parts.append(f"IMP level {inner['level']} ({inner.get('kept', '?')} kept)")
     elif "epochs" in inner:
-        parts.append(f"{inner['epochs']} epochs")
-    return " ".join(parts) or "?"
+        parts.append(f"{inner['epochs']} epoch{'s' if inner['epochs'] != 1 else ''}")
+    return ", ".join(parts) or "?"
 
 
 def artifact_entries(root: Path) -> list[Entry]:
@@ -140,13 +138,15 @@ def remove(entry: Entry) -> bool:
 
 
 def table(found: list[Entry], now: float) -> Table:
-    out = Table(title="ltsearch caches")
-    for column, justify in (("kind", "left"), ("entry", "left"), ("size", "right"), ("age", "right"),
-                            ("what", "left")):
-        out.add_column(column, justify=justify, overflow="fold")
+    out = compact_table("ltsearch caches", ["kind", "entry", "size", "age", "what"], right=("size", "age"),
+                        wrap=("what",))
     for e in found:
         out.add_row(e.kind, e.name[:12], human_size(e.size), human_age(now - e.modified), e.what)
     return out
+
+
+def _entries(n: int) -> str:
+    return f"{n} entr{'y' if n == 1 else 'ies'}"
 
 
 def main(argv: list[str]) -> int:
@@ -168,11 +168,11 @@ def main(argv: list[str]) -> int:
     if args.action == "ls":
         if found:
             write(table(found, now))
-        write(f"{len(found)} entries, {human_size(sum(e.size for e in found))} in {where}")
+        write(f"{_entries(len(found))}, {human_size(sum(e.size for e in found))} in {where}")
         return 0
     removed = [e for e in found if args.dry_run or remove(e)]
     kept = len(found) - len(removed)
     verb = "would remove" if args.dry_run else "removed"
-    write(f"{verb} {len(removed)} entries, {human_size(sum(e.size for e in removed))} from {where}"
+    write(f"{verb} {_entries(len(removed))}, {human_size(sum(e.size for e in removed))} from {where}"
           + (f"; {kept} in use by a running job, left alone" if kept else ""))
     return 0

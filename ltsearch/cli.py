@@ -17,14 +17,19 @@ from ltsearch.version import __version__
 USAGE = """usage: ltsearch <command> [args]
 
 commands:
-  run [OVERRIDES...]     compose a config from conf/ and run the pipeline (a Hydra app: -m for sweeps,
-                         --cfg job to print the config, --help for the config groups and their options)
-  resume RUN_DIR [OVERRIDES...]
+  run [-q|-v] [OVERRIDES...]
+                         compose a config from conf/ and run the pipeline (a Hydra app: -m for sweeps,
+                         --cfg job to print the config, --help for the config groups and their options);
+                         -q: warnings and one closing line only, -v: every epoch too (run.log has all)
+  resume RUN_DIR [-q|-v] [OVERRIDES...]
                          continue a killed or stopped run in place (finished stages are skipped); extra
                          overrides may change runtime.* settings only
   report DIR... [--csv FILE] [--plots DIR] [--layers-at SPARSITY] [--no-plots]
                          tables (method x sparsity: accuracy mean +- std over seeds, cost; sanity
-                         verdicts; failed runs) and PNG plots of the runs found below each DIR
+                         verdicts; failed runs) and plots (PNG, PDF, SVG) of the runs found below each DIR
+  cache ls|clear [--kind KIND] [--older-than AGE] [--dry-run] [--dir DIR]
+                         the artifact cache and decoded datasets: entries with sizes and ages; remove them
+  --version              ltsearch's version
 
 examples:
   ltsearch run                                        # quickstart: CTS-KL on MNIST-1D, a few CPU minutes
@@ -33,9 +38,23 @@ examples:
   ltsearch run -m +sweep=paper_grid pruner=cts_kl    # density 0.8^k, k = 2..32, seeds 0-2 (summary in the sweep dir)
   ltsearch report outputs/sweeps/<date> --csv results/summary.csv
   ltsearch run experiment=lenet_mnist pruner=magnitude sparsity=0.9 dataset.root=DATA_DIR
+  ltsearch run model=custom model._target_=torchvision.models.resnet18 dataset=cifar10 dataset.root=DATA_DIR
+  ltsearch run logger=tensorboard                     # besides RUN_DIR/metrics.csv; also wandb, mlflow
+  ltsearch cache ls
   ltsearch run --help                                 # config groups and options
   eval "$(ltsearch run -sc install=bash)"             # tab completion
 """
+
+VERBOSITY_FLAGS = {"-q": "quiet", "--quiet": "quiet", "-v": "verbose", "--verbose": "verbose"}
+# (config group, option) -> (the module its Hydra plugin or package needs, the ltsearch extra that installs it)
+PLUGINS = {
+    ("hydra/launcher", "joblib"): ("hydra_plugins.hydra_joblib_launcher", "joblib"),
+    ("hydra/launcher", "slurm"): ("hydra_plugins.hydra_submitit_launcher", "slurm"),
+    ("hydra/launcher", "submitit_slurm"): ("hydra_plugins.hydra_submitit_launcher", "slurm"),
+    ("hydra/launcher", "submitit_local"): ("hydra_plugins.hydra_submitit_launcher", "slurm"),
+    ("hydra/sweeper", "optuna"): ("hydra_plugins.hydra_optuna_sweeper", "optuna"),
+    ("sweep", "optuna_cts"): ("hydra_plugins.hydra_optuna_sweeper", "optuna"),
+}
 
 
 def _error(message: str) -> int:
@@ -84,10 +103,46 @@ def check_output_dirs(args: list[str]) -> str | None:
     return None
 
 
+def check_plugins(args: list[str]) -> str | None:
+    """A launcher, sweeper or sweep config whose plugin is not installed: name the pip command that adds it
+    (Hydra would only say that the option does not exist)."""
+    for arg in args:
+        key, sep, value = arg.lstrip("+~").partition("=")
+        for option in value.strip("[]").split(",") if sep else ():
+            needed = PLUGINS.get((key, option.strip()))
+            if needed and not _installed(needed[0]):
+                return f"'{arg}' needs the {needed[1]} extra, which is not installed: pip install 'ltsearch[{needed[1]}]'"
+    return None
+
+
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # its parent package is missing
+        return False
+
+
+def verbosity_overrides(args: list[str]) -> list[str]:
+    """`-q`/`--quiet` and `-v`/`--verbose` as the override runtime.verbosity=quiet|verbose (the last wins)."""
+    flags = [VERBOSITY_FLAGS[a] for a in args if a in VERBOSITY_FLAGS]
+    rest = [a for a in args if a not in VERBOSITY_FLAGS]
+    if not flags:
+        return rest
+    # beside the other overrides: Hydra's parser takes them as one run of positional arguments
+    at = next((i for i, a in enumerate(rest) if "=" in a and not a.startswith("-")), len(rest))
+    return [*rest[:at], f"runtime.verbosity={flags[-1]}", *rest[at:]]
+
+
 def _hydra(args: list[str]) -> int:
     from ltsearch.app import main as hydra_main
 
-    problem = check_group_overrides(args) or check_output_dirs(args)
+    if "--version" in args:  # Hydra would print its own version
+        print(f"ltsearch {__version__}")
+        return 0
+    args = verbosity_overrides(args)
+    problem = check_group_overrides(args) or check_output_dirs(args) or check_plugins(args)
     if problem:
         return _error(problem)
     prog = sys.argv[0] if sys.argv and sys.argv[0] else "ltsearch"
@@ -103,7 +158,7 @@ def _completion(args: list[str]) -> int:
     line = os.environ.get("COMP_LINE", "")
     words = line.split(" ")
     if len(words) == 2:  # the command word itself ("ltsearch <TAB>", "ltsearch ru<TAB>")
-        print("run resume report")
+        print(" ".join(COMMANDS))
         return 0
     if len(words) > 2 and words[1] == "run":
         os.environ["COMP_LINE"] = " ".join([words[0], *words[2:]])
@@ -119,7 +174,7 @@ def _resume(args: list[str]) -> int:
 
     if not args or args[0].startswith("-"):
         return _error("resume needs a run directory: ltsearch resume RUN_DIR [runtime.*=...]")
-    run_dir, extra = Path(args[0]), args[1:]
+    run_dir, extra = Path(args[0]), verbosity_overrides(args[1:])
     if not run_dir.is_dir():
         return _error(f"{run_dir} is not a directory")
     try:
@@ -146,7 +201,30 @@ def _report(args: list[str]) -> int:
         return _error(str(exc))
 
 
+def _cache(args: list[str]) -> int:
+    from ltsearch.cache_admin import main as cache_main
+
+    try:
+        return cache_main(args)
+    except LtsearchError as exc:
+        return _error(str(exc))
+
+
+COMMANDS = {"run": _hydra, "resume": _resume, "report": _report, "cache": _cache}
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The `ltsearch` command; a reader that goes away (`ltsearch report ... | head`) ends it quietly."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        from ltsearch.runtime import silence_stdout
+
+        silence_stdout()
+        return 0
+
+
+def _main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help", "help"):
         print(USAGE)
@@ -157,13 +235,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if command in ("-sc", "--shell-completion"):
         return _completion(args)
-    if command == "run":
-        return _hydra(rest)
-    if command == "resume":
-        return _resume(rest)
-    if command == "report":
-        return _report(rest)
-    return _error(f"unknown command '{command}' (commands: run, resume, report; see ltsearch --help)")
+    if command in COMMANDS:
+        return COMMANDS[command](rest)
+    return _error(f"unknown command '{command}' (commands: {', '.join(COMMANDS)}; see ltsearch --help)")
 
 
 if __name__ == "__main__":

@@ -253,7 +253,7 @@ class WandbConfig:
 
 @dataclass
 class MLflowConfig:
-    """MLflow (`logger=mlflow`, the `mlflow` extra). `tracking_uri` "" = a local store in RUN_DIR/mlruns."""
+    """MLflow (`logger=mlflow`, the `mlflow` extra). `tracking_uri` "" = a local store, RUN_DIR/mlflow.db."""
 
     enabled: bool = False
     tracking_uri: str = ""

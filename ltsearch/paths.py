@@ -6,7 +6,7 @@ A run folder:
     RUN_DIR/.lock                    held (flock) by the one process working on the run
     RUN_DIR/run.log                  the log of every session
     RUN_DIR/metrics.csv              every number the run logged (loop, epoch, metric, value)
-    RUN_DIR/{tensorboard,wandb,mlruns}/   the optional experiment loggers' files
+    RUN_DIR/{tensorboard/,wandb/,mlflow.db}  the optional experiment loggers' files
     RUN_DIR/failed.json              the last session's failure (stage and error), removed by a clean finish
     RUN_DIR/<stage>/...              one folder per pipeline stage (search, rewind, retrain, sanity, evaluate)
     <any artifact folder>/DONE.json  completion marker, written last: wall time, compute, SHA-256 per artifact
@@ -31,6 +31,8 @@ RECORD = "run.json"
 LOCK = ".lock"
 LOG = "run.log"
 METRICS_CSV = "metrics.csv"  # every loop's per-epoch numbers, stage times and results, one row per number
+MLFLOW_DB = "mlflow.db"  # logger=mlflow: the local MLflow store
+MLFLOW_ARTIFACTS = "mlartifacts"  # logger=mlflow: its artifact folder
 FAILURE = "failed.json"
 HYDRA = ".hydra"
 

@@ -126,7 +126,7 @@ def plot_accuracy(summary: pd.DataFrame, levels: pd.DataFrame, folder: Path) -> 
             ax.errorbar(rows["density"], rows["test_acc_mean"], yerr=rows["test_acc_std"].fillna(0.0), marker="o",
                         markersize=4, capsize=3, color=colors[method],
                         label=f"{method} (n={int(rows['n_done'].max())})")
-        for method, rows in mine.dropna(subset=["test_acc", "density"]).groupby("method"):
+        for method, rows in mine.dropna(subset=["test_acc", "density"]).groupby("method") if not mine.empty else ():
             curve = rows.groupby("level").agg(density=("density", "mean"), acc=("test_acc", "mean"))
             curve = curve[curve["density"] > 0].sort_values("density", ascending=False)
             ax.plot(curve["density"], curve["acc"], linestyle=":", marker=".", alpha=0.8,
@@ -145,10 +145,11 @@ def plot_accuracy(summary: pd.DataFrame, levels: pd.DataFrame, folder: Path) -> 
 
 def _density_axis(ax: plt.Axes, grid: list[float], span: tuple[float, float] | None) -> None:
     """Log x axis over `span` (low, high), inverted, with a labelled tick at every grid density and no other."""
-    ax.set_xscale("log")
-    if span is not None:
+    if span is not None:  # limits first: autoscaling a single point to a log scale would warn
         ax.set_xlim(span[1] * 1.25, span[0] / 1.25)
+        ax.set_xscale("log")
     else:
+        ax.set_xscale("log")
         ax.invert_xaxis()
     if grid:
         ax.xaxis.set_major_locator(FixedLocator(grid))

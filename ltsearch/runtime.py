@@ -114,10 +114,16 @@ def console() -> Console:
     con = get_console()
     if not con.is_terminal and "COLUMNS" not in os.environ and con.width < MIN_WIDTH:
         con.width = MIN_WIDTH
+    con.on_broken_pipe = _reader_gone  # type: ignore[method-assign]  # rich's own answer exits the process
     return con
 
 
-def _silence_stdout() -> None:
+def _reader_gone() -> None:
+    console().quiet = True
+    silence_stdout()
+
+
+def silence_stdout() -> None:
     """The reader of stdout is gone (a closed pipe): send what is still to come to /dev/null."""
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
@@ -133,7 +139,7 @@ def write(renderable: Any, **kwargs: Any) -> None:
     try:
         console().print(renderable, **kwargs)
     except BrokenPipeError:
-        _silence_stdout()
+        _reader_gone()
 
 
 class ConsoleHandler(logging.Handler):

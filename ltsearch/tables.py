@@ -73,7 +73,7 @@ def _several(df: pd.DataFrame, column: str) -> bool:
     return column in df and df[column].nunique(dropna=True) > 1
 
 
-def _table(title: str, columns: list[str], right: tuple[str, ...] = (), wrap: tuple[str, ...] = ()) -> Table:
+def compact_table(title: str, columns: list[str], right: tuple[str, ...] = (), wrap: tuple[str, ...] = ()) -> Table:
     """A compact table (a rule under the header, no vertical lines) whose rows stay one line at 100 columns;
     on a narrower terminal the text columns in `wrap` fold first, then the others (never cropped)."""
     table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, collapse_padding=True,
@@ -98,7 +98,7 @@ def summary_table(summary: pd.DataFrame) -> Table:
     """Accuracy by method and sparsity: mean ± std over seeds, before and after retraining."""
     extra = [c for c in ("dataset", "model") if _several(summary, c)]
     missing = any(_missing(r) for _, r in summary.iterrows())
-    table = _table("accuracy by method and sparsity (mean ± std over seeds)",
+    table = compact_table("accuracy by method and sparsity (mean ± std over seeds)",
                    [*extra, "method", "sparsity", "seeds", "test acc", "before retrain", "density",
                     *(["not done"] if missing else [])], right=("sparsity", "density"),
                    wrap=("method", "model", "not done"))
@@ -115,7 +115,7 @@ def cost_table(summary: pd.DataFrame, stage_order: tuple[str, ...], sanity: str)
     """Mean wall time per stage of one run, the ticket's time and compute, and the total."""
     extra = [c for c in ("dataset", "model") if _several(summary, c)]
     stages = [s for s in stage_order if summary.get(f"time_{s}_s", pd.Series(dtype=float)).notna().any()]
-    table = _table("time and compute of one run (mean over seeds)",
+    table = compact_table("time and compute of one run (mean over seeds)",
                    [*extra, "method", "sparsity", *stages, "ticket", "total", "epochs"],
                    right=("sparsity", *stages, "ticket", "total", "epochs"), wrap=("method", "model"))
     for _, r in summary.iterrows():
@@ -132,7 +132,7 @@ def cost_table(summary: pd.DataFrame, stage_order: tuple[str, ...], sanity: str)
 
 def sanity_table(sanity: pd.DataFrame, rule: str) -> Table:
     extra = [c for c in ("dataset", "model") if _several(sanity, c)]
-    table = _table("sanity checks: margin of the ticket over each variant (mean ± std over seeds)",
+    table = compact_table("sanity checks: margin of the ticket over each variant (mean ± std over seeds)",
                    [*extra, "method", "sparsity", "variant", "seeds", "ticket", "variant acc", "margin", "bound",
                     "verdict"], right=("sparsity",), wrap=("method", "model"))
     reasons: dict[str, set[str]] = {}

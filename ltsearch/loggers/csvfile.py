@@ -46,6 +46,11 @@ class CSVLogger(MetricLogger):
         self.path = Path(run_dir) / METRICS_CSV
         if not self.path.exists() or self.path.stat().st_size == 0:
             atomic_write(self.path, (",".join(HEADER) + "\n").encode())
+            return
+        with open(self.path, "rb+") as handle:  # a line cut short by a kill: start the next row on a new line
+            handle.seek(-1, 2)
+            if handle.read(1) != b"\n":
+                handle.write(b"\n")
 
     def write(self, group: str, step: int, values: dict[str, float]) -> None:
         if self.path is None or not values:

@@ -1,5 +1,6 @@
 """MLflow (`logger=mlflow`, the `mlflow` extra): one MLflow run per ltsearch run, through `MlflowClient`
-(no process-wide active run). The store is RUN_DIR/mlruns unless `logger.mlflow.tracking_uri` names one.
+(no process-wide active run). The store is the SQLite file RUN_DIR/mlflow.db (MLflow's recommended local
+backend; its plain-folder store is deprecated) unless `logger.mlflow.tracking_uri` names one.
 
 A resumed ltsearch run continues its MLflow run (found by the tag `ltsearch.run_dir`). The flattened
 config goes in as parameters, every number as a metric (`retrain/test_acc` stepped by epoch), the
@@ -8,16 +9,34 @@ results at step 0.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from ltsearch.config import MLflowConfig, flatten
 from ltsearch.loggers.base import MetricLogger
+from ltsearch.paths import MLFLOW_ARTIFACTS, MLFLOW_DB
 
 RUN_DIR_TAG = "ltsearch.run_dir"
 MAX_PARAM = 500  # MLflow's limit on a parameter value's length
 BATCH = 100  # parameters per log_batch call (MLflow's limit)
+
+
+@contextlib.contextmanager
+def _quiet(*names: str) -> Iterator[None]:
+    """Only warnings from these libraries' loggers for the block (they print their own INFO lines)."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
 
 
 class MLflowLogger(MetricLogger):
@@ -27,16 +46,18 @@ class MLflowLogger(MetricLogger):
         self.run_id = ""
 
     def tracking_uri(self, run_dir: Path) -> str:
-        return self.cfg.tracking_uri or (Path(run_dir) / "mlruns").resolve().as_uri()
+        return self.cfg.tracking_uri or f"sqlite:///{(Path(run_dir) / MLFLOW_DB).resolve()}"
 
     def open(self, run_dir: Path, config: dict[str, Any], label: str) -> None:
         from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 
-        self.client = MlflowClient(tracking_uri=self.tracking_uri(run_dir))
-        experiment = self.client.get_experiment_by_name(self.cfg.experiment)
+        with _quiet("mlflow", "alembic"):  # creating a local store logs its table migrations
+            self.client = MlflowClient(tracking_uri=self.tracking_uri(run_dir))
+            experiment = self.client.get_experiment_by_name(self.cfg.experiment)
+        artifacts = None if self.cfg.tracking_uri else (Path(run_dir) / MLFLOW_ARTIFACTS).resolve().as_uri()
         experiment_id = (experiment.experiment_id if experiment is not None
-                         else self.client.create_experiment(self.cfg.experiment))
+                         else self.client.create_experiment(self.cfg.experiment, artifact_location=artifacts))
         key = str(Path(run_dir).resolve())
         found = self.client.search_runs([experiment_id], filter_string=f"tags.`{RUN_DIR_TAG}` = '{key}'",
                                         max_results=1)

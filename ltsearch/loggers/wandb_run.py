@@ -31,7 +31,7 @@ class WandbLogger(MetricLogger):
         self.run = wandb.init(project=self.cfg.project, entity=self.cfg.entity or None, dir=str(run_dir),
                               mode=self.cfg.mode, name=f"{label} {Path(run_dir).name}", id=run_id(run_dir),
                               resume="allow", config=config, tags=list(self.cfg.tags) or None,
-                              settings=wandb.Settings(silent=True), reinit="finish_previous")
+                              settings=wandb.Settings(silent=True, console="off"), reinit="finish_previous")
 
     def write(self, group: str, step: int, values: dict[str, float]) -> None:
         if self.run is None or not values:
