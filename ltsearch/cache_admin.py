@@ -141,7 +141,8 @@ def table(found: list[Entry], now: float) -> Table:
     out = compact_table("ltsearch caches", ["kind", "entry", "size", "age", "what"], right=("size", "age"),
                         wrap=("what",))
     for e in found:
-        out.add_row(e.kind, e.name[:12], human_size(e.size), human_age(now - e.modified), e.what)
+        name = e.name if e.kind == DATA_KIND else e.name[:12]  # an artifact key: its first 12 hex digits
+        out.add_row(e.kind, name, human_size(e.size), human_age(now - e.modified), e.what)
     return out
 
 
@@ -168,11 +169,11 @@ def main(argv: list[str]) -> int:
     if args.action == "ls":
         if found:
             write(table(found, now))
-        write(f"{_entries(len(found))}, {human_size(sum(e.size for e in found))} in {where}")
+        write(f"{_entries(len(found))}, {human_size(sum(e.size for e in found))} in {where}", soft_wrap=True)
         return 0
     removed = [e for e in found if args.dry_run or remove(e)]
     kept = len(found) - len(removed)
     verb = "would remove" if args.dry_run else "removed"
     write(f"{verb} {_entries(len(removed))}, {human_size(sum(e.size for e in removed))} from {where}"
-          + (f"; {kept} in use by a running job, left alone" if kept else ""))
+          + (f"; {kept} in use by a running job, left alone" if kept else ""), soft_wrap=True)
     return 0

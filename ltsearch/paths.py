@@ -17,8 +17,8 @@ Inside the stages: search/{pruning_point.pt, mask.pt, scores.pt, density.json, m
 pretrain/, cts/, level_NN/}, rewind/ticket.pt, retrain/{metrics.json, final.pt},
 sanity/{sanity.json, <variant>/{mask.pt, result.json}}, evaluate/results.json.
 
-A sweep folder adds summary.csv, summary_*.csv, summary.txt, the plots (PNG, PDF, SVG) and `.summary.lock`. The artifact cache
-lives under `cache_root()/artifacts/<kind>/<key>/`, decoded image folders under `cache_root()`.
+A sweep folder adds summary.csv, summary_*.csv, summary.txt, the plots (PNG, PDF, SVG) and `.summary.lock`.
+The artifact cache lives under `cache_root()/artifacts/<kind>/<key>/`, decoded image folders under `cache_root()`.
 """
 
 from __future__ import annotations

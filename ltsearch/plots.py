@@ -31,6 +31,8 @@ from ltsearch.paths import ACCURACY_PLOT, PLOT_FORMATS, SANITY_PLOT, layer_plot,
 from ltsearch.storage import atomic_write  # noqa: E402
 
 DPI = 150
+# text stays text in vector files (editable and searchable in a paper's figure), fonts embedded as TrueType
+EDITABLE_TEXT = {"svg.fonttype": "none", "pdf.fonttype": 42}
 DENSE_COLOR = "black"
 
 
@@ -42,7 +44,8 @@ def _save(fig: plt.Figure, folder: Path, stem: str) -> list[Path]:
         # fixed metadata: the same figure gives the same bytes (no creation date in PDF/SVG)
         metadata = {"Creator": None, "Producer": None, "CreationDate": None} if fmt == "pdf" else \
             {"Date": None, "Creator": None} if fmt == "svg" else {}
-        fig.savefig(buffer, format=fmt, dpi=DPI, bbox_inches="tight", metadata=metadata)
+        with plt.rc_context(EDITABLE_TEXT):
+            fig.savefig(buffer, format=fmt, dpi=DPI, bbox_inches="tight", metadata=metadata)
         path = folder / f"{stem}.{fmt}"
         atomic_write(path, buffer.getvalue())
         written.append(path)

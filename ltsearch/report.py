@@ -274,7 +274,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--csv", type=Path, help="write the summary table to this CSV file (per-run and "
                                                  "sanity tables go beside it as <name>_runs.csv, <name>_sanity.csv, "
                                                  "the printed tables as <name>.txt)")
-    parser.add_argument("--plots", type=Path, help="folder for the PNG plots (default: the folder of --csv, "
+    parser.add_argument("--plots", type=Path, help="folder for the plots, PNG, PDF and SVG (default: the folder of --csv, "
                                                    "else the first DIR)")
     parser.add_argument("--no-plots", action="store_true", help="write no plots")
     parser.add_argument("--layers-at", type=float, metavar="SPARSITY",

@@ -11,8 +11,8 @@ A job that failed before the pipeline could write its run record (an invalid con
 holds another config) gets a `failed.json` from here, with its overrides and error, so the summary lists it.
 
 Files in the sweep folder: summary.csv (method x sparsity), summary_runs.csv, summary_sanity.csv (when the
-sanity stage ran), summary.txt (the printed tables, failed jobs with their errors), and the PNG plots of
-`ltsearch.plots`.
+sanity stage ran), summary.txt (the printed tables, failed jobs with their errors), and the plots of
+`ltsearch.plots` (PNG, PDF, SVG).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ltsearch import locks
 from ltsearch.paths import FAILURE, SUMMARY_CSV, SUMMARY_LOCK, SUMMARY_TXT
+from ltsearch.plots import describe_written
 from ltsearch.report import build_report, write_report
 from ltsearch.storage import load_json, save_json
 from ltsearch.tables import dataset_label, model_label
@@ -124,7 +125,7 @@ class SweepSummary(Callback):
             return
         try:
             written = write_sweep_summary(Path(config.hydra.sweep.dir))
-            if written:
-                log.info("sweep summary: %s", ", ".join(str(p) for p in written))
+            for line in describe_written(written):
+                log.info("sweep summary: %s", line)
         except Exception as exc:
             log.warning("could not write the sweep summary: %s: %s", type(exc).__name__, exc)

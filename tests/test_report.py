@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from ltsearch.report import build_report, main, seed_verdict
+from ltsearch.report import build_report, main, report_text, seed_verdict
 from ltsearch.sweep import write_sweep_summary
 from ltsearch.tables import dataset_label, model_label
 from tests.conftest import run_cli
@@ -205,3 +206,37 @@ def test_cli_report_on_a_single_run(sweep, tmp_path):
 
     with pytest.raises(LtsearchError, match="does not exist"):
         main([str(tmp_path / "nothing-here")])
+
+
+# -- figures and tables a paper can use --------------------------------------------------------------------------
+def test_plots_come_in_three_formats_with_a_dense_reference_and_stale_ones_go(sweep, tmp_path):
+    fake_run(sweep, "dense", 0.0, 0, 0.985)
+    out = tmp_path / "plots"
+    assert main([str(sweep), "--plots", str(out), "--layers-at", "0.9", "--no-plots"]) == 0
+    assert not out.exists()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no matplotlib warning (also not on a single point per method)
+        assert main([str(sweep), "--plots", str(out), "--layers-at", "0.9"]) == 0
+    for stem in ("accuracy_vs_sparsity", "layer_density_0.9", "sanity_margins"):
+        assert _is_png(out / f"{stem}.png")
+        assert (out / f"{stem}.pdf").read_bytes().startswith(b"%PDF")
+        assert b"<svg" in (out / f"{stem}.svg").read_bytes()[:500]
+    accuracy = (out / "accuracy_vs_sparsity.svg").read_text()
+    assert "dense (all weights): 0.9850" in accuracy  # the dense network as a reference line
+    assert ">10%<" in accuracy and ">1%<" in accuracy  # a tick at every density of the grid
+    assert "lenet on MNIST" in accuracy
+    layers = (out / "layer_density_0.9.svg").read_text()
+    assert "1K" in layers and "300" in layers  # layer sizes under the layer names
+    main([str(sweep), "--plots", str(out), "--layers-at", "0.99"])  # rebuilt: the 0.9 figure is stale
+    assert not list(out.glob("layer_density_0.9.*")) and len(list(out.glob("layer_density_0.99.*"))) == 3
+
+
+def test_tables_stay_readable_at_100_columns(sweep):
+    text = report_text(build_report([sweep]), sweep)
+    assert max(len(line) for line in text.splitlines()) <= 100
+    for title, rows in (("accuracy by method", 5), ("time and compute", 5), ("sanity checks", 9)):
+        body = text.split(title, 1)[1].split("\n")
+        start = next(i for i, line in enumerate(body) if line.startswith("───")) + 1
+        # every row on one line: the next `rows` lines all start with a method name
+        assert all(line.split()[0] in ("ltr", "snip", "MNIST", "mnist") for line in body[start:start + rows]), \
+            "\n".join(body[:start + rows])
