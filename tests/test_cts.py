@@ -124,23 +124,40 @@ def test_kl_directions_against_torch_distributions():
     y = torch.randint(0, 10, (16,), generator=gen)
     reverse = kl_divergence(Categorical(logits=s), Categorical(logits=t)).mean()
     forward = kl_divergence(Categorical(logits=t), Categorical(logits=s)).mean()
-    assert float(OBJECTIVES["reverse_kl"]().value(s, t, y)) == pytest.approx(float(reverse), rel=1e-5)
-    assert float(OBJECTIVES["forward_kl"]().value(s, t, y)) == pytest.approx(float(forward), rel=1e-5)
+    assert float(OBJECTIVES["reverse_kl"]().from_logits(s, t, y)) == pytest.approx(float(reverse), rel=1e-5)
+    assert float(OBJECTIVES["forward_kl"]().from_logits(s, t, y)) == pytest.approx(float(forward), rel=1e-5)
     assert float(reverse) != pytest.approx(float(forward), rel=1e-3)
     # zero when the mask is all ones (student == teacher)
-    assert float(OBJECTIVES["reverse_kl"]().value(t, t, y)) == pytest.approx(0.0, abs=1e-6)
-    assert float(OBJECTIVES["forward_kl"]().value(t, t, y)) == pytest.approx(0.0, abs=1e-6)
+    assert float(OBJECTIVES["reverse_kl"]().from_logits(t, t, y)) == pytest.approx(0.0, abs=1e-6)
+    assert float(OBJECTIVES["forward_kl"]().from_logits(t, t, y)) == pytest.approx(0.0, abs=1e-6)
 
 
-def test_search_length_and_late_lr_drop():
-    assert search_epochs(CTSConfig(name="cts"), 160) == 20
+def test_search_length_truncates_as_the_reference():
+    cts = CTSConfig(name="cts")
+    assert search_epochs(cts, 160) == 20
     assert search_epochs(CTSConfig(name="cts", length="half"), 160) == 80
     assert search_epochs(CTSConfig(name="cts", length="long"), 160) == 160
+    assert search_epochs(cts, 40) == 5
+    # int(ratio x E), not rounded: 12 / 8 = 1.5 -> 1, 13 / 2 = 6.5 -> 6, 15 / 8 = 1.875 -> 1
+    assert search_epochs(cts, 12) == 1
+    assert search_epochs(CTSConfig(name="cts", length="half"), 13) == 6
+    assert search_epochs(cts, 15) == 1
+    assert search_epochs(cts, 3) == 1  # 0.375 truncates to 0: one epoch at least
     assert search_epochs(CTSConfig(name="cts", epochs=7), 160) == 7
-    assert drop_epoch(CTSConfig(name="cts"), 160) == 140
-    assert drop_epoch(CTSConfig(name="cts"), 20) == 18
-    assert drop_epoch(CTSConfig(name="cts"), 4) is None
+
+
+@pytest.mark.parametrize(("epochs", "first_low"), [(20, 16), (80, 69), (160, 139), (3, 1), (8, 6)])
+def test_lr_drop_epoch_of_the_reference(epochs, first_low):
+    """The reference multiplies the lr by 0.1 once its completed-epoch counter + 1 reaches int(0.88 E):
+    0-based epochs int(0.88 E) - 1 .. E - 1 run at the lower lr."""
+    assert drop_epoch(CTSConfig(name="cts"), epochs) == first_low
+
+
+def test_lr_drop_edge_cases():
+    assert drop_epoch(CTSConfig(name="cts"), 2) is None  # int(1.76) - 1 = 0: the drop would precede epoch 0
+    assert drop_epoch(CTSConfig(name="cts"), 1) is None
     assert drop_epoch(CTSConfig(name="cts", lr_drop_epoch=0), 160) is None
+    assert drop_epoch(CTSConfig(name="cts", lr_drop_epoch=5), 160) == 5
 
 
 # -- the search ----------------------------------------------------------------------------------------
@@ -219,7 +236,7 @@ def test_cts_when_init_searches_at_initialisation(tmp_path):
     assert ticket["start_epoch"] == 0
     metrics = json.loads((tmp_path / "search" / "metrics.json").read_text())
     assert metrics["pruner"]["objective"] == "task"
-    assert set(metrics["pruning_point"]["objective"]) == {"task", "forward_kl", "reverse_kl"}
+    assert set(metrics["pruning_point"]["objective"]) == {"task", "forward_kl", "reverse_kl", "delta_loss"}
 
 
 def test_cts_kl_preselects_reverse_kl_and_an_explicit_objective_wins():
@@ -268,6 +285,38 @@ def test_teacher_is_not_cached_when_batch_composition_or_dropout_changes_it(tmp_
     assert not per_sample_function(dropout.train())
     assert per_sample_function(dropout.eval())
     assert not per_sample_function(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4)).eval())
+
+
+@pytest.mark.parametrize(("objective", "cached"), [
+    ("task", "needs no teacher"), ("forward_kl", None), ("reverse_kl", None), ("delta_loss", None),
+    ("grad_norm", "needs no teacher"), ("feature_matching", "more of the unmasked network"),
+    ("grad_matching", "more of the unmasked network")])
+def test_every_objective_runs_a_search_with_the_teacher_cache_where_valid(tmp_path, objective, cached):
+    """`pruner=cts objective=<any>` through the pipeline on an MLP (no BatchNorm: the cache is valid for the
+    objectives that need only the teacher's logits), and what the search stage counts."""
+    overrides = [*CTS_TINY, "model=mlp1d", "model.hidden=[32,32]", "pruner=cts", f"objective={objective}",
+                 "sparsity=0.9", "pruner.epochs=2", "stages=[search]"]
+    cfg = make_config(*overrides)
+    search, _, ctx = _epochs(cfg, tmp_path / "epochs", 1)
+    reason = search.teacher_cache_reason(ctx.data)
+    assert reason is None if cached is None else cached in reason
+    run_pipeline(cfg, tmp_path / "run")
+    metrics = json.loads((tmp_path / "run" / "search" / "metrics.json").read_text())
+    assert metrics["pruner"]["objective"] == objective and math.isfinite(metrics["pruner"]["final"]["objective"])
+    done = json.loads((tmp_path / "run" / "search" / "cts" / "DONE.json").read_text())
+    extra = OBJECTIVES[objective].extra_passes
+    teacher = 256 if cached is None else 0
+    assert done["compute"].get("forward", 0) == teacher + 2 * 256 * extra.get("forward", 0)
+    assert done["compute"]["train"] == 2 * 256 * (1 + extra.get("train", 0))
+
+
+def test_delta_loss_with_cached_teacher_equals_the_teacher_run_every_step(tmp_path):
+    mlp = [*CTS_TINY, "model=mlp1d", "model.hidden=[32,32]", "pruner=cts", "objective=delta_loss",
+           "sparsity=0.9"]
+    cached, _, _ = _epochs(make_config(*mlp), tmp_path / "c", 2)
+    fresh, _, _ = _epochs(make_config(*mlp, "pruner.cache_teacher=false"), tmp_path / "f", 2)
+    assert cached.cached_teacher is not None and fresh.cached_teacher is None
+    torch.testing.assert_close(cached.theta, fresh.theta, rtol=1e-4, atol=1e-4)
 
 
 def test_search_stage_counts_one_teacher_pass_when_cached(tmp_path):

@@ -1,5 +1,5 @@
 """The objective registry: `objective.name` -> class. Adding an objective is one file here (an `Objective`
-subclass), one line in `OBJECTIVES`, and one YAML file in conf/objective/."""
+subclass with its scale), one line in `OBJECTIVES`, and one YAML file in conf/objective/."""
 
 from __future__ import annotations
 
@@ -7,16 +7,25 @@ from torch import Tensor
 
 from ltsearch.config import ObjectiveConfig
 from ltsearch.errors import ConfigError
-from ltsearch.objectives.base import Objective
+from ltsearch.objectives.base import LogitObjective, Objective
+from ltsearch.objectives.delta_loss import DeltaLoss
+from ltsearch.objectives.feature_matching import FeatureMatching
+from ltsearch.objectives.grad_matching import GradientMatching
+from ltsearch.objectives.grad_norm import GradientNorm
 from ltsearch.objectives.kl import ForwardKL, ReverseKL
+from ltsearch.objectives.network import MaskedNetwork
 from ltsearch.objectives.task import TaskLoss
 
-__all__ = ["OBJECTIVES", "Objective", "build_objective", "evaluate_all"]
+__all__ = ["OBJECTIVES", "LogitObjective", "MaskedNetwork", "Objective", "build_objective", "evaluate_logits"]
 
 OBJECTIVES: dict[str, type[Objective]] = {
     "task": TaskLoss,
     "forward_kl": ForwardKL,
     "reverse_kl": ReverseKL,
+    "delta_loss": DeltaLoss,
+    "grad_norm": GradientNorm,
+    "feature_matching": FeatureMatching,
+    "grad_matching": GradientMatching,
 }
 
 
@@ -26,6 +35,8 @@ def build_objective(cfg: ObjectiveConfig) -> Objective:
     return OBJECTIVES[cfg.name](cfg.temperature)
 
 
-def evaluate_all(student: Tensor, teacher: Tensor, targets: Tensor, temperature: float) -> dict[str, float]:
-    """Every registered objective's value on the same logits (the search stage's record of a mask)."""
-    return {name: float(cls(temperature).value(student, teacher, targets)) for name, cls in OBJECTIVES.items()}
+def evaluate_logits(student: Tensor, teacher: Tensor, targets: Tensor, temperature: float) -> dict[str, float]:
+    """Every registered objective of the logits alone, on the same logits, unscaled (the search stage's
+    record of how well a hard mask preserves the unmasked network)."""
+    return {name: float(cls(temperature).from_logits(student, teacher, targets))
+            for name, cls in OBJECTIVES.items() if issubclass(cls, LogitObjective)}

@@ -25,10 +25,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
 
 from ltsearch.data import Data
-from ltsearch.objectives import Objective
+from ltsearch.objectives import MaskedNetwork, Objective
 from ltsearch.seeding import generator
 from ltsearch.training.evaluate import predict
 
@@ -73,12 +72,15 @@ def gradbalance_lambda(g_task: Tensor, g_sp: Tensor, s_err: float) -> float:
 
 
 class SparsityControl:
-    """Combines the objective's gradient with the sparsity gradient into theta.grad."""
+    """Combines the objective's gradient with the sparsity gradient into theta.grad.
+
+    `lagrange_lr` (0.01 x the mask lr, as in the CTS authors' ablation) is the step of the multiplier's
+    gradient ascent; it drops with the mask lr (`drop_lr`)."""
 
     def __init__(self, cfg: CTSConfig, density: float, mask_lr: float) -> None:
         self.cfg = cfg
         self.density = density
-        self.mask_lr = mask_lr
+        self.lagrange_lr = 0.01 * mask_lr
         self.lam = 0.0
         self.steps = 0
 
@@ -98,15 +100,19 @@ class SparsityControl:
         else:
             # Lagrangian R + lam * s_err (target exactly d): descend on theta, ascend on lam.
             grad = torch.add(g_task, g_sp, alpha=self.lam)
-            self.lam += 0.01 * self.mask_lr * err
+            self.lam += self.lagrange_lr * err
         self.steps += 1
         return grad, err
 
+    def drop_lr(self, factor: float) -> None:
+        self.lagrange_lr *= factor
+
     def state_dict(self) -> dict[str, Any]:
-        return {"lam": self.lam, "steps": self.steps}
+        return {"lam": self.lam, "steps": self.steps, "lagrange_lr": self.lagrange_lr}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.lam, self.steps = float(state["lam"]), int(state["steps"])
+        self.lagrange_lr = float(state.get("lagrange_lr", self.lagrange_lr))
 
 
 class LogitLayout:
@@ -123,8 +129,6 @@ class LogitLayout:
         return {n: part.view(shape) for n, part, shape in zip(self.names, flat.split(self.sizes), self.shapes,
                                                               strict=True)}
 
-    def masked_weights(self, mask: Tensor) -> dict[str, Tensor]:
-        return {n: self.weights[n] * m for n, m in self.split(mask).items()}
 
 
 def per_sample_function(model: nn.Module) -> bool:
@@ -154,7 +158,7 @@ class ConcreteSearch:
         self.cfg = cfg
         self.objective = objective
         self.objective_name = objective_name
-        self.needs_teacher = objective.needs_teacher
+        self.needs_teacher = objective.teacher == "logits"
         self.autocast = autocast
         init = math.log(density / (1 - density)) if density < 1 else 20.0  # theta_i = logit(d)
         self.theta = torch.full((self.layout.total,), init, device=self.device, requires_grad=True)
@@ -167,7 +171,8 @@ class ConcreteSearch:
     def teacher_cache_reason(self, data: Data) -> str | None:
         """Why the teacher's logits cannot be cached for this search (None: they can)."""
         if not self.needs_teacher:
-            return "the objective needs no teacher"
+            return ("the objective needs no teacher" if self.objective.teacher == "none"
+                    else "the objective needs more of the unmasked network than its logits")
         if not self.cfg.cache_teacher:
             return "pruner.cache_teacher=false"
         if not per_sample_function(self.model):
@@ -179,15 +184,15 @@ class ConcreteSearch:
 
     def step(self, x: Tensor, y: Tensor, noise: Tensor, teacher: Tensor | None = None) -> float:
         """One minibatch: soft mask from this step's fresh `noise`, objective, GradBalance gradient, Adam
-        step. `teacher`: the unmasked network's logits for `x` when already known."""
-        if self.needs_teacher and teacher is None:
-            with torch.no_grad(), self.autocast():
-                teacher = self.model(x).float()
+        step on the objective times its scale. `teacher`: the unmasked network's logits for `x` when already
+        known. Returns the unscaled objective."""
         mask = soft_mask(self.theta, noise, self.cfg.temperature)
-        with self.autocast():
-            student = functional_call(self.model, self.layout.masked_weights(mask), (x,))
-        value = self.objective.value(student.float(), teacher, y)
-        (g_task,) = torch.autograd.grad(value, self.theta)
+        net = MaskedNetwork(self.model, self.layout.weights, self.layout.split(mask), self.autocast)
+        if self.needs_teacher and teacher is None:
+            with torch.no_grad():
+                teacher = net.logits(x, masked=False)
+        value = self.objective.value(net, x, y, teacher)
+        (g_task,) = torch.autograd.grad(value * self.objective.scale, self.theta)
         self.theta.grad, self.s_err = self.control.gradient(self.theta, g_task)
         self.optimizer.step()
         return float(value.detach())
@@ -219,14 +224,18 @@ class ConcreteSearch:
         with torch.no_grad():
             expected = float(torch.sigmoid(self.theta).mean())
             positive = float((self.theta > 0).float().mean())
+        extra = {kind: passes * seen for kind, passes in self.objective.extra_passes.items()}
         return {"epoch": epoch + 1, "objective": total / seen, "expected_density": expected,
                 "density_theta_positive": positive, "target_density": self.density,
                 "lambda": self.control.lam, "s_err": self.s_err, "lr": self.optimizer.param_groups[0]["lr"],
-                "samples": seen, "teacher_samples": teacher_samples, "time": time.perf_counter() - t0}
+                "samples": seen, "teacher_samples": teacher_samples, "extra_samples": extra,
+                "time": time.perf_counter() - t0}
 
     def drop_lr(self, factor: float) -> None:
+        """Multiply the mask lr (and the Lagrange multiplier's) by `factor`, keeping Adam's moments."""
         for group in self.optimizer.param_groups:
             group["lr"] *= factor
+        self.control.drop_lr(factor)
 
     def scores(self) -> dict[str, Tensor]:
         return {n: t.detach().float().cpu() for n, t in self.layout.split(self.theta.detach()).items()}

@@ -42,9 +42,10 @@ class Length(str, Enum):
 
 @dataclass
 class CTSConfig(PrunerConfig):
-    """Options of the search. `epochs` > 0 overrides `length` (a fraction of train.epochs:
-    short 1/8, half 1/2, long 1). `lr_drop_epoch` -1 = automatic (x0.1 at 7/8 of searches of at least
-    8 epochs), 0 = never."""
+    """Options of the search. `epochs` > 0 overrides `length` (a fraction of train.epochs, truncated:
+    short 1/8, half 1/2, long 1). `lr_drop_epoch`: the 0-based search epoch from which the mask lr is
+    multiplied by `lr_drop_factor`; -1 = the CTS authors' epoch int(0.88 E) - 1 of a search of E epochs
+    (E = 20: epochs 16-19 run at lr/10), 0 = never."""
 
     when: When = When.rewind
     length: Length = Length.short
@@ -80,18 +81,25 @@ class CTSConfig(PrunerConfig):
 
 # -- the search --------------------------------------------------------------------------------------------
 def search_epochs(cfg: CTSConfig, train_epochs: int) -> int:
+    """`pruner.epochs`, else int(ratio x train.epochs) as the CTS authors truncate it (at least one epoch:
+    a schedule too short for even one, e.g. short of 7 epochs, searches for one)."""
     if cfg.epochs > 0:
         return cfg.epochs
-    return max(1, math.floor(LENGTHS[Length(cfg.length).value] * train_epochs + 0.5))
+    return max(1, int(LENGTHS[Length(cfg.length).value] * train_epochs))
 
 
 def drop_epoch(cfg: CTSConfig, epochs: int) -> int | None:
-    """Epoch after which the mask lr is multiplied by lr_drop_factor (once), or None."""
+    """The 0-based epoch from which the mask lr is multiplied by lr_drop_factor (once), or None.
+
+    Automatic: the CTS authors drop the lr once the epoch counter reaches int(0.88 E) - 1 completed
+    epochs, so epochs int(0.88 E) - 1 .. E - 1 run at the lower lr (E = 20: 16-19, E = 80: 69-79,
+    E = 160: 139-159); a search of fewer than 3 epochs never drops."""
     if cfg.lr_drop_epoch == 0:
         return None
     if cfg.lr_drop_epoch > 0:
         return cfg.lr_drop_epoch if cfg.lr_drop_epoch < epochs else None
-    return math.floor(0.875 * epochs + 0.5) if epochs >= 8 else None
+    first_low = int(0.88 * epochs) - 1
+    return first_low if first_low >= 1 else None
 
 
 def build_search(ctx: PruneContext, cfg: CTSConfig) -> ConcreteSearch:
@@ -124,6 +132,8 @@ class SearchEpochs:
         self.work.count("train", record["samples"])
         if record["teacher_samples"]:
             self.work.count("forward", record["teacher_samples"])
+        for kind, samples in record["extra_samples"].items():  # e.g. the unmasked pass of feature matching
+            self.work.count(kind, samples)
         return record
 
     def state_dict(self) -> dict[str, Any]:
@@ -152,10 +162,9 @@ class CTSPruner(Pruner):
         work = ctx.out.child(CTS_SEARCH).start()
         log.info("cts: %d search epochs, objective %s, control %s, %d logits, target density %.5f", epochs,
                  search.objective_name, Control(cfg.control).value, search.layout.total, ctx.density)
-        if search.needs_teacher:
-            reason = search.teacher_cache_reason(ctx.data)
-            log.info("cts: %s", "teacher logits computed once and reused every epoch" if reason is None
-                     else f"teacher runs every step ({reason})")
+        reason = search.teacher_cache_reason(ctx.data)
+        log.info("cts: %s", "teacher logits computed once and reused every epoch" if reason is None
+                 else f"no teacher cache: {reason}")
         loop = EpochLoop(work, start_epoch=0, end_epoch=epochs,
                          steps_per_epoch=math.ceil(ctx.data.train_size / batch), description="cts search",
                          progress=ctx.runtime.progress, keep_checkpoints=ctx.runtime.keep_checkpoints,

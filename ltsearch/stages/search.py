@@ -28,7 +28,7 @@ from ltsearch.masking import (
     plain_state_dict,
     prunable_modules,
 )
-from ltsearch.objectives import evaluate_all
+from ltsearch.objectives import evaluate_logits
 from ltsearch.paths import DENSITY, MASK, METRICS, PRETRAIN, PRUNING_POINT, SCORES, WEIGHTS
 from ltsearch.rundir import ArtifactDir
 from ltsearch.training.evaluate import evaluate, predict
@@ -94,7 +94,7 @@ def preservation(ctx: RunContext, out: ArtifactDir, model: nn.Module, masks: Mas
         teacher = predict(model, batches, ctx.runtime.autocast)
         attach_masks(model, masks)
         student = predict(model, batches, ctx.runtime.autocast)
-    values = evaluate_all(student, teacher, targets, ctx.cfg.objective.temperature)
+    values = evaluate_logits(student, teacher, targets, ctx.cfg.objective.temperature)
     test = evaluate(model, ctx.data, ctx.runtime, "test", ctx.cfg.train.eval_batch_size, batch_stats=True)
     out.count("forward", 2 * int(targets.numel()) + ctx.data.test_size)
     return {"objective": values, "train_subset_acc": float((student.argmax(1) == targets).float().mean()),
