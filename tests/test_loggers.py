@@ -19,7 +19,8 @@ from ltsearch.pipeline import run_pipeline
 from tests.conftest import TINY, make_config
 
 # CTS after one epoch of dense training: pretraining, the search and retraining all log epochs
-RUN = [*TINY, "runtime.threads=1", "pruner=cts_kl", "pruner.epochs=2", "stages=[search,rewind,retrain,evaluate]"]
+RUN = [*TINY, "runtime.threads=1", "runtime.cache=false", "pruner=cts_kl", "pruner.epochs=2",
+       "stages=[search,rewind,retrain,evaluate]"]
 CTS_KEYS = ("objective", "expected_density", "lambda")
 
 

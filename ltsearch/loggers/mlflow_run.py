@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,13 +28,16 @@ BATCH = 100  # parameters per log_batch call (MLflow's limit)
 
 @contextlib.contextmanager
 def _quiet(*names: str) -> Iterator[None]:
-    """Only warnings from these libraries' loggers for the block (they print their own INFO lines)."""
+    """Only warnings from these libraries' loggers for the block (they print their own INFO lines), and none
+    of the deprecation warnings their dependencies raise while a store is opened."""
     loggers = [logging.getLogger(name) for name in names]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.WARNING)
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            yield
     finally:
         for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
