@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,20 +58,13 @@ def _select(config: DictConfig, key: str) -> Any:
     return value if value is None or isinstance(value, str | int | float | bool) else str(value)
 
 
-def _model_label(config: DictConfig) -> str | None:
+def _label(config: DictConfig, section: str, name: Callable[[dict[str, Any]], str]) -> str | None:
+    """`name` of a config section (model_label, dataset_label); its `name` key when it does not resolve."""
     try:
-        model = OmegaConf.to_container(config.model, resolve=True)
-    except Exception:  # an invalid model section: fall back to whatever name it has
-        return _select(config, "model.name")
-    return model_label(model) if isinstance(model, dict) else None
-
-
-def _dataset_label(config: DictConfig) -> str | None:
-    try:
-        dataset = OmegaConf.to_container(config.dataset, resolve=True)
-    except Exception:  # an invalid dataset section: fall back to whatever name it has
-        return _select(config, "dataset.name")
-    return dataset_label(dataset) if isinstance(dataset, dict) else None
+        node = OmegaConf.to_container(config[section], resolve=True)
+    except Exception:  # an invalid section: fall back to whatever name it has
+        return _select(config, f"{section}.name")
+    return name(node) if isinstance(node, dict) else None
 
 
 def record_failure(job_dir: Path, config: DictConfig, job_return: JobReturn, started: float) -> None:
@@ -86,8 +80,8 @@ def record_failure(job_dir: Path, config: DictConfig, job_return: JobReturn, sta
     text = f"{type(error).__name__}: {str(error).strip()}" if isinstance(error, BaseException) else str(error)
     job = {
         "method": _select(config, "pruner.label") or _select(config, "hydra.runtime.choices.pruner"),
-        "model": _model_label(config),
-        "dataset": _dataset_label(config),
+        "model": _label(config, "model", model_label),
+        "dataset": _label(config, "dataset", dataset_label),
         "sparsity": _select(config, "sparsity"),
         "seed": _select(config, "seed"),
         "when": _select(config, "pruner.when"),
