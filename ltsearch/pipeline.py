@@ -23,7 +23,7 @@ from ltsearch.errors import ConfigError, ResumeError
 from ltsearch.loggers import build_loggers
 from ltsearch.paths import EVALUATE, RECORD, RESULTS
 from ltsearch.rundir import RunLock, clear_failure, config_diff, read_record, write_failure, write_record
-from ltsearch.runtime import CLOSING, CONSOLE, Runtime
+from ltsearch.runtime import CLOSING, CONSOLE, Runtime, duration
 from ltsearch.seeding import seed_everything
 from ltsearch.stages import STAGES, Stage
 from ltsearch.stages.evaluate import summary_table
@@ -101,16 +101,6 @@ def _end(hooks: Sequence[Callback], error: BaseException | None) -> None:
             failure = failure or exc
     if failure is not None and error is None:
         raise failure
-
-
-def duration(seconds: float) -> str:
-    """`8.2s`, `3m05s`, `2h14m`: readable at every scale."""
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, secs = divmod(int(round(seconds)), 60)
-    if minutes < 60:
-        return f"{minutes}m{secs:02d}s"
-    return f"{minutes // 60}h{minutes % 60:02d}m"
 
 
 def closing_line(cfg: Config, run_dir: Path, results: dict[str, Any], seconds: float) -> str:

@@ -34,6 +34,16 @@ CLOSING = {SHOW: Verbosity.quiet}  # shown at every verbosity (the closing line 
 _RANK = {Verbosity.quiet: 0, Verbosity.normal: 1, Verbosity.verbose: 2}
 
 
+def duration(seconds: float) -> str:
+    """`8.2s`, `3m05s`, `2h14m`: readable at every scale."""
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    return f"{minutes // 60}h{minutes % 60:02d}m"
+
+
 def shows(verbosity: Verbosity, at: Verbosity) -> bool:
     """Whether something meant for verbosity `at` and above is shown at `verbosity`."""
     return _RANK[Verbosity(verbosity)] >= _RANK[Verbosity(at)]

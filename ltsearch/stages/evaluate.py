@@ -29,6 +29,7 @@ from ltsearch.paths import (
     TICKET,
 )
 from ltsearch.rundir import ArtifactDir
+from ltsearch.runtime import duration
 from ltsearch.stages.sanity import verdict_line
 from ltsearch.training.evaluate import evaluate
 
@@ -86,7 +87,7 @@ def run(ctx: RunContext, out: ArtifactDir) -> dict[str, Any]:
 
 
 def _seconds(times: dict[str, float]) -> str:
-    return ", ".join(f"{stage} {seconds:.1f}s" for stage, seconds in times.items())
+    return ", ".join(f"{stage} {duration(seconds)}" for stage, seconds in times.items())
 
 
 def summary_table(results: dict[str, Any]) -> Table:
@@ -111,9 +112,9 @@ def summary_table(results: dict[str, Any]) -> Table:
         table.add_row("sanity checks", verdict_line(sanity))
     times = {k: v for k, v in results["wall_time"].items() if k not in ("ticket", "total")}
     ticket = {k: v for k, v in times.items() if k != SANITY}
-    line = f"{_seconds(ticket)}: {results['wall_time']['ticket']:.1f}s for the ticket"
+    line = f"{_seconds(ticket)}: {duration(results['wall_time']['ticket'])} for the ticket"
     if SANITY in times:
-        line += f"; sanity {times[SANITY]:.1f}s; total {results['wall_time']['total']:.1f}s"
+        line += f"; sanity {duration(times[SANITY])}; total {duration(results['wall_time']['total'])}"
     table.add_row("wall time", line)
     cost = results.get("cost")
     if cost:
