@@ -34,6 +34,7 @@ from ltsearch.config import Config, DatasetConfig
 from ltsearch.data import build_data
 from ltsearch.data.inmemory import user_data
 from ltsearch.errors import ArtifactError, ConfigError
+from ltsearch.logfile import RunLogHandler
 from ltsearch.masking import Masks, attach_masks, count, density_report, detach_masks, load_plain_state_dict
 from ltsearch.models import build_model, check_shapes, model_config
 from ltsearch.paths import FINAL, LOG, MASK, RETRAIN, REWIND, SEARCH, TICKET
@@ -202,7 +203,7 @@ def _run_log(run_dir: Path) -> Iterator[None]:
     """run.log in the run folder, as `ltsearch run` writes it (every record of the package's loggers)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     logger = logging.getLogger("ltsearch")
-    handler = logging.FileHandler(run_dir / LOG)
+    handler = RunLogHandler(run_dir / LOG)
     handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] %(message)s"))
     level = logger.level
     logger.addHandler(handler)

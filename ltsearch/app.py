@@ -1,7 +1,13 @@
-"""The Hydra task: compose, validate, run the pipeline in Hydra's run (or sweep job) directory."""
+"""The Hydra task: compose, validate, run the pipeline in Hydra's run (or sweep job) directory.
+
+In a run over several processes every process runs this task on the same run directory: a Slurm job of
+several tasks (submitit) joins its process group here, torchrun's processes already did in `ltsearch.cli`.
+Ranks other than 0 keep quiet (no console output, no log file): rank 0 speaks for the run.
+"""
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -10,11 +16,12 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from ltsearch import distributed
 from ltsearch.compose import method_label, register_configs, to_config
 from ltsearch.config import flatten
 from ltsearch.errors import ConfigError
 from ltsearch.pipeline import run_pipeline
-from ltsearch.runtime import configure_console
+from ltsearch.runtime import configure_console, console
 
 register_configs()
 
@@ -31,11 +38,27 @@ def sweep_value(results: dict[str, Any], key: str) -> float | None:
     return None if math.isnan(value) else value
 
 
+def _quiet_unless_main() -> None:
+    """On ranks other than 0: no rich console output and no log file (errors still reach stderr)."""
+    if distributed.is_main():
+        return
+    console().quiet = True
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
+        root.removeHandler(handler)
+        handler.close()
+
+
 @hydra.main(version_base="1.3", config_path="pkg://ltsearch.conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
+    distributed.setup()
+    _quiet_unless_main()
     config = to_config(cfg)
     configure_console(config.runtime.verbosity)
     hc = HydraConfig.get()
-    results = run_pipeline(config, Path(hc.runtime.output_dir), overrides=list(hc.overrides.task),
-                           label=method_label(cfg, dict(hc.runtime.choices)))
+    try:
+        results = run_pipeline(config, Path(hc.runtime.output_dir), overrides=list(hc.overrides.task),
+                               label=method_label(cfg, dict(hc.runtime.choices)))
+    except distributed.PeerFailure:
+        raise SystemExit(1) from None  # rank 0 failed and reports why
     return sweep_value(results, config.sweep_metric)

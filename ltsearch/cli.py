@@ -1,7 +1,7 @@
 """`ltsearch <command>`: a thin dispatcher in front of the Hydra app.
 
 `run` hands its arguments to Hydra unchanged (so -m, --cfg job, --help, --info and sweeps behave as in
-any Hydra app); `resume` re-enters a run directory with the overrides it was created with; `report`
+any Hydra app; under torchrun each process joins the run's process group first, see `_distributed`); `resume` re-enters a run directory with the overrides it was created with; `report`
 tabulates finished runs. Shell completion is Hydra's, with the word `run` removed before Hydra parses.
 """
 
@@ -9,9 +9,18 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from ltsearch.errors import LtsearchError
+from ltsearch import distributed
+from ltsearch.errors import Interrupted, LtsearchError
+from ltsearch.overrides import (
+    check_group_overrides,
+    check_output_dirs,
+    check_plugins,
+    verbosity_overrides,
+)
 from ltsearch.version import __version__
 
 USAGE = """usage: ltsearch <command> [args]
@@ -45,94 +54,12 @@ examples:
   eval "$(ltsearch run -sc install=bash)"             # tab completion
 """
 
-VERBOSITY_FLAGS = {"-q": "quiet", "--quiet": "quiet", "-v": "verbose", "--verbose": "verbose"}
-# (config group, option) -> (the module its Hydra plugin or package needs, the ltsearch extra that installs it)
-PLUGINS = {
-    ("hydra/launcher", "joblib"): ("hydra_plugins.hydra_joblib_launcher", "joblib"),
-    ("hydra/launcher", "slurm"): ("hydra_plugins.hydra_submitit_launcher", "slurm"),
-    ("hydra/launcher", "submitit_slurm"): ("hydra_plugins.hydra_submitit_launcher", "slurm"),
-    ("hydra/launcher", "submitit_local"): ("hydra_plugins.hydra_submitit_launcher", "slurm"),
-    ("hydra/sweeper", "optuna"): ("hydra_plugins.hydra_optuna_sweeper", "optuna"),
-    ("sweep", "optuna_cts"): ("hydra_plugins.hydra_optuna_sweeper", "optuna"),
-}
 
 
 def _error(message: str) -> int:
-    print(f"ltsearch: error: {message}", file=sys.stderr)
+    if os.environ.get("RANK", "0") == "0":  # every process of a distributed run finds the same problem
+        print(f"ltsearch: error: {message}", file=sys.stderr)
     return 2
-
-
-def _quote(value: str) -> str:
-    """Quote a value for a Hydra override (paths of sweep jobs contain '=' and ',')."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def config_groups() -> list[str]:
-    """The config groups shipped in conf/ (folders other than hydra/)."""
-    from importlib.resources import files
-
-    root = files("ltsearch.conf")
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and p.name not in ("hydra", "__pycache__"))
-
-
-def check_group_overrides(args: list[str]) -> str | None:
-    """Hydra answers `model=0.993` with a raw traceback; catch a number given for a config group here."""
-    groups = config_groups()
-    for arg in args:
-        key, sep, value = arg.lstrip("+~").partition("=")
-        if not sep or key not in groups:
-            continue
-        for item in value.split(","):
-            try:
-                float(item)
-            except ValueError:
-                continue
-            return (f"'{arg}': {key} is a config group; choose an option by name "
-                    f"(ltsearch run --help lists them), or set a key inside it, e.g. {key}.<key>={item}")
-    return None
-
-
-def check_output_dirs(args: list[str]) -> str | None:
-    """Hydra answers a run/sweep directory that is an existing file with a traceback; say it in one line."""
-    for arg in args:
-        key, sep, value = arg.partition("=")
-        if sep and key in ("hydra.run.dir", "hydra.sweep.dir"):
-            path = Path(value.strip("'\"")).expanduser()
-            if path.exists() and not path.is_dir():
-                return f"'{arg}': {path} exists and is not a directory; {key} must name a folder"
-    return None
-
-
-def check_plugins(args: list[str]) -> str | None:
-    """A launcher, sweeper or sweep config whose plugin is not installed: name the pip command that adds it
-    (Hydra would only say that the option does not exist)."""
-    for arg in args:
-        key, sep, value = arg.lstrip("+~").partition("=")
-        for option in value.strip("[]").split(",") if sep else ():
-            needed = PLUGINS.get((key, option.strip()))
-            if needed and not _installed(needed[0]):
-                return f"'{arg}' needs the {needed[1]} extra, which is not installed: pip install 'ltsearch[{needed[1]}]'"
-    return None
-
-
-def _installed(module: str) -> bool:
-    import importlib.util
-
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:  # its parent package is missing
-        return False
-
-
-def verbosity_overrides(args: list[str]) -> list[str]:
-    """`-q`/`--quiet` and `-v`/`--verbose` as the override runtime.verbosity=quiet|verbose (the last wins)."""
-    flags = [VERBOSITY_FLAGS[a] for a in args if a in VERBOSITY_FLAGS]
-    rest = [a for a in args if a not in VERBOSITY_FLAGS]
-    if not flags:
-        return rest
-    # beside the other overrides: Hydra's parser takes them as one run of positional arguments
-    at = next((i for i, a in enumerate(rest) if "=" in a and not a.startswith("-")), len(rest))
-    return [*rest[:at], f"runtime.verbosity={flags[-1]}", *rest[at:]]
 
 
 def _hydra(args: list[str]) -> int:
@@ -148,9 +75,66 @@ def _hydra(args: list[str]) -> int:
     prog = sys.argv[0] if sys.argv and sys.argv[0] else "ltsearch"
     if os.path.basename(prog) == "__main__.py":  # `python -m ltsearch`: Hydra's help and completion say ltsearch
         prog = "ltsearch"
+    if distributed.launched():
+        return _distributed(prog, args)
     sys.argv = [prog, *args]
-    hydra_main()
+    return _run_app(hydra_main)
+
+
+def _run_app(hydra_main: Callable[[], Any]) -> int:
+    """The Hydra app; an interruption ends it with one line (printed by rank 0 of a distributed run)."""
+    try:
+        hydra_main()
+    except Interrupted as stop:  # the pipeline wrote its failure record and says how to resume
+        if distributed.is_main():
+            print(f"ltsearch: {stop.message}", file=sys.stderr)
+        return stop.exit_code
+    except KeyboardInterrupt:
+        if distributed.is_main():
+            print("ltsearch: interrupted", file=sys.stderr)
+        return 130
     return 0
+
+
+# Other ranks log errors only, to the console, and leave Hydra's copy of the config to rank 0.
+QUIET_RANK = ["hydra.output_subdir=null", "hydra.job_logging.root.level=ERROR",
+              "hydra.job_logging.root.handlers=[console]", "~hydra.job_logging.handlers.file"]
+
+
+def _distributed(prog: str, args: list[str]) -> int:
+    """One process of a run over several (torchrun, or submitit tasks): join the process group, name the
+    run folder with rank 0's start time, let rank 0 alone report an invalid config, run the Hydra app."""
+    from ltsearch.app import main as hydra_main
+    from ltsearch.distributed import LAUNCH_TIME_ENV
+
+    distributed.setup()
+    try:
+        os.environ[LAUNCH_TIME_ENV] = repr(distributed.shared_launch_time())
+        valid = distributed.on_main(lambda: _composes(args))
+        if not valid and not distributed.is_main():
+            distributed.barrier()  # until rank 0 has printed the error (the app on rank 0 fails with it)
+            return 1
+        sys.argv = [prog, *args, *([] if distributed.is_main() else QUIET_RANK)]
+        try:
+            return _run_app(hydra_main)
+        finally:
+            if not valid:
+                distributed.barrier()
+    finally:
+        distributed.teardown()
+
+
+def _composes(args: list[str]) -> bool:
+    """Whether the overrides of a single run compose into a valid config (sweeps and flags: assumed so)."""
+    from ltsearch.compose import compose
+
+    if any(a.startswith("-") for a in args):
+        return True
+    try:
+        compose(*[a for a in args if not a.lstrip("+~").startswith(("hydra.", "hydra/"))])
+    except Exception:
+        return False
+    return True
 
 
 def _completion(args: list[str]) -> int:
@@ -168,19 +152,52 @@ def _completion(args: list[str]) -> int:
     return _hydra(args)
 
 
+# The run folder of `ltsearch resume` reaches Hydra through the environment: `hydra.run.dir` reads it with
+# oc.env, whose value is taken as it is, so no character of the path (quote, backslash, `${`, `=`, `,`, a
+# line break) can be mistaken for override or interpolation syntax.
+RESUME_DIR_ENV = "LTSEARCH_RESUME_DIR"
+
+
+def record_problem(overrides: object) -> str | None:
+    """A run record's overrides are replayed by `resume`: they must be plain config overrides. Hydra's own
+    settings (log handlers, callbacks, search path, run folder) and command-line flags are never taken from
+    a file in a run folder, which others may have written."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+        return "its overrides are not a list of strings"
+    parser = OverridesParser.create()
+    for text in overrides:
+        try:
+            override = parser.parse_override(text)
+        except Exception:  # Hydra's grammar errors, whatever their type
+            return f"its override {text!r} is not a config override"
+        key, package = override.key_or_group, override.package or ""
+        if key == "hydra" or override.is_hydra_override() or package.split(".")[0] == "hydra":
+            return (f"it lists the Hydra setting {text!r}; resume takes no hydra.* settings from a run folder "
+                    f"(they choose log files, callbacks and paths): remove it from the record's overrides, or give "
+                    f"it on the command line")
+    return None
+
+
 def _resume(args: list[str]) -> int:
     from ltsearch.config import RUNTIME_KEYS
+    from ltsearch.guards import folder_problem
+    from ltsearch.paths import RECORD
     from ltsearch.rundir import read_record
 
     if not args or args[0].startswith("-"):
         return _error("resume needs a run directory: ltsearch resume RUN_DIR [runtime.*=...]")
     run_dir, extra = Path(args[0]), verbosity_overrides(args[1:])
     if not run_dir.is_dir():
-        return _error(f"{run_dir} is not a directory")
+        return _error(folder_problem(run_dir, "run directory") or f"{run_dir} is not a directory")
     try:
         record = read_record(run_dir)
     except LtsearchError as exc:
         return _error(str(exc))
+    problem = record_problem(record["overrides"])
+    if problem:
+        return _error(f"{run_dir / RECORD}: {problem}")
     allowed = (*RUNTIME_KEYS, "hydra")
     keys = [o.lstrip("+~").partition("=")[0] for o in extra]
     bad = [o for o, k in zip(extra, keys, strict=True)
@@ -188,8 +205,14 @@ def _resume(args: list[str]) -> int:
     if bad:
         return _error(f"resume accepts overrides of runtime-only settings ({', '.join(RUNTIME_KEYS)}) and hydra.* "
                       f"only, got {' '.join(bad)}; a changed experiment needs a new run directory")
-    overrides = [*record["overrides"], *extra, f"hydra.run.dir={_quote(str(run_dir.resolve()))}"]
-    return _hydra(overrides)
+    problem = folder_problem(run_dir, "run directory")
+    if problem:
+        return _error(f"{problem}: make it writable, or copy the run (cp -r) and resume the copy")
+    if "${" in str(run_dir.resolve()):  # Hydra resolves its run folder's path again in its log settings
+        return _error(f"cannot resume {run_dir}: its path holds '${{', which Hydra reads as an interpolation; "
+                      f"rename the folder (mv) and resume it under the new name")
+    os.environ[RESUME_DIR_ENV] = str(run_dir.resolve())
+    return _hydra([*record["overrides"], *extra, f"hydra.run.dir=${{oc.env:{RESUME_DIR_ENV}}}"])
 
 
 def _report(args: list[str]) -> int:

@@ -8,6 +8,8 @@ into the typed `Config` (types, ranges, unknown keys) and checks every name that
 
 from __future__ import annotations
 
+import os
+from datetime import datetime
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -23,21 +25,25 @@ from ltsearch.config import (
     config_container,
     flatten,
 )
-from ltsearch.data import DATASETS
+from ltsearch.data import DATASETS, FOLDER_DATASETS
+from ltsearch.distributed import LAUNCH_TIME_ENV
 from ltsearch.errors import ConfigError
+from ltsearch.logfile import has_control, one_line
 from ltsearch.loggers import check_logger_extras
 from ltsearch.models import MODELS
 from ltsearch.models.custom import CustomModelConfig
 from ltsearch.objectives import OBJECTIVES
+from ltsearch.paths import job_folder
 from ltsearch.pruners import PRUNERS
 from ltsearch.stages import STAGES
 
 
 def register_configs() -> None:
-    """Put the schemas into Hydra's ConfigStore (idempotent).
+    """Put the schemas into Hydra's ConfigStore, and the resolver of sweep job folder names (idempotent).
 
     Root-level names (no group), so that schemas never appear as options in --help or glob() sweeps; a
     group file extends its schema with `defaults: [/schema_<group>@_here_, _self_]`."""
+    OmegaConf.register_new_resolver("ltsearch_job_folder", job_folder, replace=True)  # hydra.sweep.subdir
     cs = ConfigStore.instance()
     cs.store(name="ltsearch_schema", node=Config)
     cs.store(name="schema_model", node=ModelConfig)
@@ -47,6 +53,15 @@ def register_configs() -> None:
     cs.store(name="schema_objective", node=ObjectiveConfig)
     for name, pruner_cls in PRUNERS.items():
         cs.store(name=f"schema_pruner_{name}", node=pruner_cls.Config)
+    OmegaConf.register_new_resolver("ltsearch_now", launch_time, use_cache=True, replace=True)
+
+
+def launch_time(pattern: str) -> str:
+    """`${ltsearch_now:PATTERN}`: the time formatted like Hydra's `${now:PATTERN}`; in a distributed run rank
+    0's start time (`ltsearch.distributed.LAUNCH_TIME_ENV`, set by the CLI), so every rank names the same
+    run folder."""
+    stamp = os.environ.get(LAUNCH_TIME_ENV)
+    return (datetime.fromtimestamp(float(stamp)) if stamp else datetime.now()).strftime(pattern)
 
 
 def to_config(cfg: DictConfig | Config) -> Config:
@@ -62,8 +77,19 @@ def to_config(cfg: DictConfig | Config) -> Config:
         raise ConfigError(f"invalid config: {exc}") from exc
     assert isinstance(obj, Config)
     _check_unknown_keys(cfg, obj)
+    _check_one_line(obj)
     check_names(obj)
     return obj
+
+
+def _check_one_line(obj: Config) -> None:
+    """No string of the config holds a control character: config strings name things and paths, and they go
+    into logs, folder names and tables, where a line break would forge a line."""
+    for key, value in flatten(config_container(obj)).items():
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, str) and has_control(item):
+                raise ConfigError(f"invalid config: {key}={one_line(item)} holds a line break or another control "
+                                  f"character; config strings must be one line")
 
 
 def _check_unknown_keys(cfg: DictConfig, obj: Config) -> None:
@@ -84,7 +110,7 @@ def check_names(cfg: Config) -> None:
     """Every name that refers to a registry must be in it, and every chosen logger installed."""
     registries: tuple[tuple[str, str, dict[str, Any]], ...] = (
         ("model.name", cfg.model.name, MODELS),
-        ("dataset.name", cfg.dataset.name, DATASETS),
+        ("dataset.name", cfg.dataset.name, {**DATASETS, **FOLDER_DATASETS}),
         ("pruner.name", cfg.pruner.name, PRUNERS),
         ("objective.name", cfg.objective.name, OBJECTIVES),
     )

@@ -7,12 +7,13 @@ the typed object is built (`ltsearch.compose.to_config`, first thing in every ru
 registry (model, dataset, pruner, objective, stages) are checked there too. Pruner schemas live beside
 their pruner (one file per method).
 
-Why this module is long: it is the whole typed schema in one leaf module (every config section is a small
-dataclass with its own range checks), so that every layer can import it without importing anything else.
+Why this module is long: it is the one schema of every config group but the pruners', each key with its
+default, its range check and a line that says what it means; split, a reader would hunt for a key.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import MISSING as MISSING_FIELD
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
@@ -44,6 +45,7 @@ class Augment(str, Enum):
     none = "none"
     flip = "flip"
     crop_flip = "crop_flip"
+    resized_crop_flip = "resized_crop_flip"  # ImageNet's random-resized crop + flip (image folders streamed)
 
 
 class Precision(str, Enum):
@@ -116,6 +118,10 @@ class DatasetConfig:
     std: list[float] = field(default_factory=list)
     train_subset: int = 0
     test_subset: int = 0
+    # imagenet_folder: network input size, evaluation resize (shorter side), random-resized crop's area range
+    image_size: int = 224
+    resize_size: int = 256
+    crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
     # fake data only
     shape: list[int] = field(default_factory=list)
     num_classes: int = 0
@@ -126,6 +132,10 @@ class DatasetConfig:
         _require(self.train_subset >= 0 and self.test_subset >= 0, "dataset subsets must be >= 0 (0 = all)")
         _require(len(self.mean) == len(self.std), "dataset.mean and dataset.std must have the same length")
         _require(all(s > 0 for s in self.std), "dataset.std entries must be positive")
+        _require(all(s > 0 for s in self.shape), f"dataset.shape entries must be positive, got {list(self.shape)}")
+        _require(0 < self.image_size <= self.resize_size, "need 0 < dataset.image_size <= dataset.resize_size")
+        _require(len(self.crop_scale) == 2 and 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1,
+                 f"dataset.crop_scale must be [low, high] with 0 < low <= high <= 1, got {self.crop_scale}")
 
 
 @dataclass
@@ -212,6 +222,11 @@ class RuntimeConfig:
     checkpoint_every: int = 1
     keep_checkpoints: int = 2
     data_on_device: str = "auto"
+    # Several processes: BatchNorm on the whole global batch (SyncBatchNorm) instead of each process's rows.
+    sync_batchnorm: bool = False
+    # imagenet_folder: images decoded once into memory|read every epoch (stream)|auto; workers: -1 = auto
+    data_storage: str = "auto"
+    data_workers: int = -1
     # Reuse upstream work (dense pretraining, IMP levels) across runs with the same upstream config.
     cache: bool = True
     cache_dir: str = ""  # "" = $LTSEARCH_CACHE/artifacts, else ~/.cache/ltsearch/artifacts
@@ -222,9 +237,14 @@ class RuntimeConfig:
             f"runtime.device must be auto, cpu, cuda, cuda:N or mps, got '{self.device}'",
         )
         _require(self.threads >= 0, "runtime.threads must be >= 0 (0 = torch default)")
+        cpus = os.cpu_count() or 1
+        _require(self.threads <= cpus, f"runtime.threads={self.threads} is more than the {cpus} CPUs of this "
+                                       f"machine (0 = torch's default)")
         _require(self.checkpoint_every >= 1, "runtime.checkpoint_every must be >= 1")
         _require(self.keep_checkpoints >= 1, "runtime.keep_checkpoints must be >= 1")
         _require(self.data_on_device in ("auto", "true", "false"), "runtime.data_on_device: auto, true or false")
+        _require(self.data_storage in ("auto", "memory", "stream"), "runtime.data_storage: auto, memory or stream")
+        _require(self.data_workers >= -1, "runtime.data_workers must be >= 0, or -1 (auto)")
 
 
 @dataclass
@@ -291,6 +311,8 @@ class Config:
     sweep_metric: str = "test_acc"
 
     def __post_init__(self) -> None:
+        _require(-(2**63) <= self.seed < 2**64, f"seed must be a 64-bit integer (from -2**63 to 2**64 - 1), "
+                                                f"got {self.seed}")
         _require(
             isinstance(self.sparsity, float | int) and 0.0 <= float(self.sparsity) < 1.0,
             f"sparsity must be in [0, 1) (the fraction of prunable weights removed), got {self.sparsity}",

@@ -13,9 +13,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ltsearch import distributed
 from ltsearch.cache import ArtifactCache
 from ltsearch.config import Config, When, config_container
-from ltsearch.data import Data, build_data
+from ltsearch.data import Data, ImageFolderData, build_data
+from ltsearch.guards import check_data
 from ltsearch.masking import Masks, attach_masks, load_plain_state_dict
 from ltsearch.models import build_model
 from ltsearch.paths import artifact_cache_dir
@@ -41,15 +43,21 @@ class RunContext:
     callbacks: Sequence[Callback] = field(default_factory=tuple)
 
     @cached_property
-    def data(self) -> Data:
-        data = build_data(self.cfg.dataset)
+    def data(self) -> Data | ImageFolderData:
+        """The dataset, placed for this runtime; in a distributed run, with this rank's shard of each batch."""
+        data = build_data(self.cfg.dataset, self.cfg.runtime)
+        check_data(self.run_dir, self.cfg.dataset.root, data.identity)  # a resumed run reads the same data
+        if isinstance(data, ImageFolderData):  # read by DataLoader workers, batches pinned for CUDA
+            return replace(data, shard=distributed.current_shard())
         nbytes = data.nbytes
         where = self.runtime.data_device(nbytes)
         if where.type == "cpu" and self.runtime.device.type == "cuda":
             log.info("dataset (%.2f GiB) kept in host memory: batches are gathered into pinned memory one step "
                      "ahead and copied asynchronously", nbytes / 2**30)
-            return replace(data, host_prefetch=True)
-        return data.to(where)
+            data = replace(data, host_prefetch=True)
+        else:
+            data = data.to(where)
+        return replace(data, shard=distributed.current_shard())
 
     @cached_property
     def pruner(self) -> Pruner:
@@ -74,14 +82,11 @@ class RunContext:
 
     def upstream_spec(self) -> dict[str, Any]:
         """What determines dense training from w0: model, data, schedule, seed and the numerics it runs
-        with (the key of cached pretraining and IMP levels)."""
+        with (the key of cached pretraining and IMP levels). The data is named by its content, not by where
+        it lies: images changed in place are new data, the same data moved is not."""
         container = config_container(self.cfg)
-        dataset = dict(container["dataset"])
-        dataset.pop("download")
-        if dataset["name"] != "imagefolder":  # a named dataset is the same data wherever it lies
-            dataset.pop("root")
-        else:
-            dataset["root"] = str(Path(dataset["root"]).expanduser().resolve())
+        dataset = {k: v for k, v in container["dataset"].items() if k not in ("root", "download")}
+        dataset["content"] = self.data.identity
         rt = self.runtime
         numerics = {"device": rt.device.type, "bf16": rt.bf16, "channels_last": rt.channels_last,
                     "compile": rt.compile, "deterministic": self.cfg.runtime.deterministic,

@@ -38,3 +38,23 @@ class UnsafeArtifactError(ArtifactError):
 
 class DivergenceError(LtsearchError):
     """A loss became NaN or Inf; the stage stops without writing its completion marker."""
+
+
+class StorageError(LtsearchError):
+    """The filesystem refused a write (disk full, quota, read-only, permission): nothing is wrong with the
+    run, which continues where it stopped once the storage is writable again."""
+
+
+class UnsafePathError(LtsearchError):
+    """A file ltsearch would write, lock or remove is not its own to touch (a symbolic link, a folder of the
+    user's): refused rather than followed."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped a run after its failure record was written. A KeyboardInterrupt, so that no
+    launcher mistakes it for one failed job and goes on with the next; the command line prints `message`."""
+
+    def __init__(self, message: str, exit_code: int = 130) -> None:
+        super().__init__(message)
+        self.message = message
+        self.exit_code = exit_code

@@ -8,6 +8,7 @@ A run folder:
     RUN_DIR/metrics.csv              every number the run logged (loop, epoch, metric, value)
     RUN_DIR/{tensorboard/,wandb/,mlflow.db}  the optional experiment loggers' files
     RUN_DIR/failed.json              the last session's failure (stage and error), removed by a clean finish
+    RUN_DIR/data.json                the identity of the data the run was computed on (content, first root)
     RUN_DIR/<stage>/...              one folder per pipeline stage (search, rewind, retrain, sanity, evaluate)
     <any artifact folder>/DONE.json  completion marker, written last: wall time, compute, SHA-256 per artifact
     <any artifact folder>/clock.json elapsed time and compute up to the last persisted progress
@@ -23,6 +24,7 @@ The artifact cache lives under `cache_root()/artifacts/<kind>/<key>/`, decoded i
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -34,6 +36,7 @@ METRICS_CSV = "metrics.csv"  # every loop's per-epoch numbers, stage times and r
 MLFLOW_DB = "mlflow.db"  # logger=mlflow: the local MLflow store
 MLFLOW_ARTIFACTS = "mlartifacts"  # logger=mlflow: its artifact folder
 FAILURE = "failed.json"
+DATA_RECORD = "data.json"
 HYDRA = ".hydra"
 
 # -- any artifact folder ------------------------------------------------------------------------------------------
@@ -79,6 +82,18 @@ def imp_level(level: int) -> str:
 
 
 # -- a sweep folder ----------------------------------------------------------------------------------------------
+def job_folder(override_dirname: str) -> str:
+    """The folder name of a sweep job from its overrides (`key=value,key=value`, Hydra's override_dirname):
+    one folder per job, whatever the values hold. A `/` would nest folders (and `dataset.root=../..` would
+    climb out of the sweep), a control character would break a line: they, and `%` itself, are written as
+    %XX. A name too long for a filesystem keeps its start and a hash of the whole."""
+    name = "".join(f"%{ord(c):02X}" if c in "%/" or ord(c) < 32 or ord(c) == 127 else c for c in override_dirname)
+    if len(name.encode()) > 200:
+        digest = hashlib.sha256(name.encode()).hexdigest()[:16]
+        name = name.encode()[:180].decode(errors="ignore") + f"...{digest}"
+    return name
+
+
 SUMMARY_LOCK = ".summary.lock"
 SUMMARY_CSV = "summary.csv"
 SUMMARY_TXT = "summary.txt"

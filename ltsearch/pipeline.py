@@ -1,27 +1,44 @@
 """The pipeline: run the selected stages in order inside one locked run directory.
 
-A stage is skipped when its completion marker exists; an unfinished stage continues from what it
-persisted. Before anything runs, the config is compared with the run's own record (written once), so a
+A stage is skipped when its completion marker exists (and every artifact it names is still there); an
+unfinished stage continues from what it persisted. Before anything runs, the folder is checked to be
+ltsearch's own (`ltsearch.guards`) and the config is compared with the run's own record (written once), so a
 run directory never mixes the results of two configs.
+
+However a session ends early, `failed.json` says where: an error, Ctrl-C or SIGTERM (raised as `Interrupted`,
+whose one-line message says how to resume), or a full or read-only disk (a `StorageError` naming the file).
+
+In a run over several processes (`ltsearch.distributed`) every rank runs the stages; rank 0 alone holds the
+lock and checks the record (an error there stops every rank), and the ranks meet at every stage boundary,
+so that all of them see the same finished stages.
 
 Callbacks (the experiment loggers of `cfg.logger`, then the caller's) hear of the run's start, every epoch
 of every loop, every finished stage, the results and the end. The console gets the run directory, one line
-per stage and a closing line (see `ltsearch.runtime` for what each verbosity shows).
+per stage, the summary and a closing line (see `ltsearch.runtime` for what each verbosity shows).
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import shlex
+import signal
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from ltsearch import distributed
 from ltsearch.config import RUNTIME_KEYS, Config, config_container, schema_defaults
 from ltsearch.context import RunContext
-from ltsearch.errors import ConfigError, ResumeError
+from ltsearch.errors import ConfigError, Interrupted, ResumeError, StorageError
+from ltsearch.guards import refuse_foreign, refuse_links
 from ltsearch.loggers import build_loggers
-from ltsearch.paths import EVALUATE, RECORD, RESULTS
+from ltsearch.paths import DATA_RECORD, EVALUATE, FAILURE, RECORD, RESULTS
 from ltsearch.rundir import RunLock, clear_failure, config_diff, read_record, write_failure, write_record
 from ltsearch.runtime import CLOSING, CONSOLE, Runtime, duration
 from ltsearch.seeding import seed_everything
@@ -49,15 +66,40 @@ def check_record(run_dir: Path, cfg: Config, overrides: list[str], label: str) -
             f"{run_dir})")
 
 
+def check_world(cfg: Config) -> None:
+    """A global batch of training or of the CTS search is split evenly over the processes of a distributed run
+    (SNIP's and GraSP's scoring batches are not split: every rank scores the same batch)."""
+    world = distributed.world_size()
+    batches = {"train.batch_size": cfg.train.batch_size}
+    if cfg.pruner.name == "cts" and cfg.pruner.batch_size:
+        batches["pruner.batch_size"] = cfg.pruner.batch_size
+    for key, size in batches.items():
+        if size % world:
+            raise ConfigError(f"{key}={size} is the global batch, split over {world} processes: it must be a "
+                              f"multiple of {world} (e.g. {size - size % world or world})")
+    if world > 1 and cfg.runtime.sync_batchnorm and (cfg.runtime.device == "cpu" or not torch.cuda.is_available()):
+        raise ConfigError("runtime.sync_batchnorm=true needs CUDA devices (torch's SyncBatchNorm); on the CPU each "
+                          "process normalises with its own rows of the global batch")
+
+
 def run_pipeline(cfg: Config, run_dir: Path, overrides: list[str] | None = None, label: str = "",
                  callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
     """Run the selected stages of `cfg` in `run_dir`; return the results of the evaluate stage if it ran."""
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = RunLock(run_dir)
     started = time.perf_counter()
-    with RunLock(run_dir):
-        remove_stale_temporaries(run_dir)
+
+    def enter() -> None:  # rank 0's part (all of it on one process)
+        check_world(cfg)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        refuse_links(run_dir)
+        refuse_foreign(run_dir)
+        lock.acquire()
+        remove_stale_temporaries(run_dir, own_files=(RECORD, FAILURE, DATA_RECORD), own_folders=tuple(STAGES))
         check_record(run_dir, cfg, overrides or [], label)
+
+    try:
+        distributed.on_main(enter)
         seed_everything(cfg.seed)
         hooks = (*build_loggers(cfg.logger), *callbacks)
         ctx = RunContext(cfg=cfg, run_dir=run_dir, runtime=Runtime.from_config(cfg.runtime), label=label,
@@ -65,29 +107,55 @@ def run_pipeline(cfg: Config, run_dir: Path, overrides: list[str] | None = None,
         log.info("ltsearch: run directory %s", run_dir, extra=CONSOLE)
         for hook in hooks:
             hook.on_run_start(run_dir, config_container(cfg), label or cfg.pruner.name)
-        current, ran = None, []
         try:
-            for name in [s for s in STAGES if s in cfg.stages]:
-                current = name
-                if _run_stage(ctx, name, STAGES[name]):
-                    ran.append(name)
-            results = ctx.stage_dir(EVALUATE)
-            results = results.load_json(RESULTS) if results.done else {}
-            for hook in hooks if EVALUATE in ran else ():
-                hook.on_results(results)
+            results = _run_stages(ctx)
         except BaseException as exc:
-            write_failure(run_dir, current, exc)
             _end(hooks, exc)
-            log.info("ltsearch: stopped in stage %s after %s; what finished is kept in %s (ltsearch resume %s "
-                     "continues)", current, duration(time.perf_counter() - started), run_dir, run_dir,
-                     extra=CLOSING)
+            if not isinstance(exc, KeyboardInterrupt):  # an interruption says how to resume on its own
+                log.info("ltsearch: stopped after %s; what finished is kept in %s (ltsearch resume %s continues)",
+                         duration(time.perf_counter() - started), run_dir, shlex.quote(str(run_dir)),
+                         extra=CLOSING)
             raise
-        clear_failure(run_dir)
         _end(hooks, None)
         if results:
             ctx.runtime.show(summary_table(results))
         log.info("%s", closing_line(cfg, run_dir, results, time.perf_counter() - started), extra=CLOSING)
         return results
+    finally:
+        lock.release()
+
+
+def _run_stages(ctx: RunContext) -> dict[str, Any]:
+    """The selected stages in order, then the results to the callbacks; a stop of any kind is recorded in
+    failed.json first."""
+    run_dir, current, ran = ctx.run_dir, None, []
+    try:
+        with _sigterm_interrupts():
+            for name in [s for s in STAGES if s in ctx.cfg.stages]:
+                current = name
+                if _run_stage(ctx, name, STAGES[name]):
+                    ran.append(name)
+        results = ctx.stage_dir(EVALUATE)
+        results = results.load_json(RESULTS) if results.done else {}
+        for hook in ctx.callbacks if EVALUATE in ran else ():
+            hook.on_results(results)
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (see below)
+        term = isinstance(exc, Interrupted) and exc.exit_code == 143
+        stop = Interrupted(f"{'terminated (SIGTERM)' if term else 'interrupted (Ctrl-C)'} in stage {current}; "
+                           f"resume with: ltsearch resume {shlex.quote(str(run_dir))}", 143 if term else 130)
+        _record_failure(run_dir, current, stop)
+        raise stop from None
+    except OSError as exc:
+        _record_failure(run_dir, current, exc)
+        if exc.errno not in _STORAGE_ERRNOS:
+            raise
+        raise StorageError(f"{_storage_problem(exc)}; stage {current} stopped and continues where it stopped "
+                           f"once that is fixed: ltsearch resume {shlex.quote(str(run_dir))}") from exc
+    except BaseException as exc:
+        _record_failure(run_dir, current, exc)
+        raise
+    clear_failure(run_dir)
+    return results
 
 
 def _end(hooks: Sequence[Callback], error: BaseException | None) -> None:
@@ -112,10 +180,50 @@ def closing_line(cfg: Config, run_dir: Path, results: dict[str, Any], seconds: f
             f"({duration(seconds)}): {run_dir}")
 
 
+# The filesystem's refusals: nothing wrong with the run, which continues once the storage takes writes again.
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+
+
+def _storage_problem(exc: OSError) -> str:
+    what = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+            errno.EROFS: "the filesystem is read-only"}.get(exc.errno or 0, exc.strerror or str(exc))
+    return f"cannot write {exc.filename or 'a file'}: {what}" if exc.filename else f"a write failed: {what}"
+
+
+def _record_failure(run_dir: Path, stage: str | None, exc: BaseException) -> None:
+    """failed.json, if the filesystem still takes it (a full disk may refuse it too)."""
+    try:
+        write_failure(run_dir, stage, exc)
+    except OSError as problem:
+        log.warning("could not write %s (%s)", run_dir / FAILURE, problem.strerror or problem)
+
+
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM (a scheduler's or a user's `kill`) ends the run like Ctrl-C: with a failure record and a
+    resume hint. Only where nobody else handles SIGTERM (a launcher such as submitit may) and only in the
+    main thread, which alone may install signal handlers."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def terminate(signum: int, frame: object) -> None:
+        raise Interrupted("SIGTERM", 143)
+
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def _run_stage(ctx: RunContext, name: str, stage: Stage) -> bool:
     """Run a stage unless it is complete; return whether it ran."""
+    distributed.barrier()
     out = ctx.stage_dir(name)
     if out.done:
+        out.check_complete()
         log.info("stage %s: already complete, skipped", name, extra=CONSOLE)
         return False
     for needed in stage.requires:

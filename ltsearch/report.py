@@ -15,11 +15,15 @@ Tables (pandas; printed with rich; saved as CSV):
 Plots (matplotlib, Agg): accuracy against remaining weights (log scale) with one line per method and error
 bars, plus every IMP level of runs that wrote search/levels.json; per-layer density of every method at one
 sparsity; sanity margins per method and variant.
+
+Why this module is long: it is one path from run folders to files (find, read, aggregate, print, write) over
+the same data frames, and the command that drives it.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +41,7 @@ from ltsearch.storage import atomic_write, load_json
 from ltsearch.tables import dataset_label, model_label, render_text, report_renderables, spaced
 
 STAGE_ORDER = tuple(STAGES)
+log = logging.getLogger(__name__)
 
 GROUP = ["dataset", "model", "method", "sparsity"]
 SEED_RULE = ("a variant passes when the mean margin over seeds (ticket accuracy - variant accuracy, same seed) "
@@ -59,10 +64,7 @@ def find_runs(folders: list[Path]) -> list[Path]:
 
 
 def _safe_json(path: Path) -> Any:
-    try:
-        return load_json(path) if path.exists() else None
-    except LtsearchError:
-        return None
+    return load_json(path) if path.exists() else None
 
 
 @dataclass
@@ -134,8 +136,18 @@ class Report:
         return self.runs[self.runs["status"] == "failed"] if not self.runs.empty else self.runs
 
 
+def _read_or_skip(run_dir: Path) -> RunData | None:
+    """A run whose records are malformed (hand-edited, from another tool) is skipped with a warning naming it."""
+    try:
+        return read_run(run_dir)
+    except (LtsearchError, LookupError, TypeError, ValueError, AttributeError) as exc:
+        reason = exc if isinstance(exc, LtsearchError) else f"{type(exc).__name__}: {exc}"
+        log.warning("skipping %s: its records are malformed (%s)", run_dir, reason)
+        return None
+
+
 def build_report(folders: list[Path]) -> Report:
-    data = [read_run(r) for r in find_runs(folders)]
+    data = [d for d in map(_read_or_skip, find_runs(folders)) if d is not None]
     runs = pd.DataFrame([d.row for d in data])
     sanity_runs = pd.DataFrame([s for d in data for s in d.sanity])
     return Report(runs=runs, summary=summarize(runs), sanity_runs=sanity_runs,
@@ -280,6 +292,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--layers-at", type=float, metavar="SPARSITY",
                         help="sparsity of the per-layer density plot (default: the one most methods reached)")
     args = parser.parse_args(argv)
+    if args.csv is not None and args.csv.is_dir():
+        raise LtsearchError(f"--csv {args.csv} is a folder; name the CSV file to write (e.g. {args.csv / 'summary.csv'})")
     report = build_report(args.dirs)
     if report.runs.empty:
         raise LtsearchError(f"no runs found below {', '.join(map(str, args.dirs))}")

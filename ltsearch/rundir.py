@@ -2,6 +2,10 @@
 completion markers (open_lth style: a folder whose marker exists is skipped). Names: `ltsearch.paths`.
 
 A folder without DONE.json is unfinished; its resumable parts (epoch checkpoints) carry their own index.
+
+In a run over several processes every rank holds the same `ArtifactDir` objects; rank 0 writes each
+artifact and every rank returns from the write with rank 0's checksum once the file exists
+(`ltsearch.distributed.on_main`), so what one rank reads back, every rank can.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ltsearch import distributed
 from ltsearch.config import flatten
 from ltsearch.errors import ArtifactError, ResumeError, UnsafeArtifactError
 from ltsearch.locks import open_lock_file, try_lock, unlock
@@ -107,7 +112,8 @@ class ArtifactDir:
 
     def start(self) -> ArtifactDir:
         """Begin (or continue) work: restore the time spent by earlier sessions up to their last checkpoint."""
-        self.path.mkdir(parents=True, exist_ok=True)
+        if distributed.is_main():
+            self.path.mkdir(parents=True, exist_ok=True)
         clock = load_json(self.path / CLOCK) if (self.path / CLOCK).exists() else {}
         self._prior = float(clock.get("elapsed", 0.0))
         self.compute = {k: int(v) for k, v in clock.get("compute", {}).items()}
@@ -155,7 +161,7 @@ class ArtifactDir:
     def mark_done(self, **extra: Any) -> dict[str, Any]:
         info = {"stage": self.name, "wall_time": self.elapsed(), "compute": self.total_compute(),
                 "finished": time.time(), **extra, "artifacts": dict(sorted(self.manifest.items()))}
-        save_json(self.path / MARKER, info)
+        distributed.on_main(lambda: save_json(self.path / MARKER, info))
         if self.parent is not None:
             self.parent.checkpoint_clock()
         return info
@@ -163,12 +169,12 @@ class ArtifactDir:
     # -- artifacts -------------------------------------------------------------------------------------
     def save_tensors(self, name: str, obj: Any) -> Path:
         path = self.path / name
-        self.manifest[name] = save_torch(path, obj)
+        self.manifest[name] = distributed.on_main(lambda: save_torch(path, obj))
         return path
 
     def save_json(self, name: str, obj: Any) -> Path:
         path = self.path / name
-        self.manifest[name] = save_json(path, obj)
+        self.manifest[name] = distributed.on_main(lambda: save_json(path, obj))
         return path
 
     def load_tensors(self, name: str, map_location: str = "cpu") -> Any:
@@ -193,10 +199,17 @@ class ArtifactDir:
         except ArtifactError as exc:
             raise ArtifactError(f"{exc}{self._remedy()}") from exc
 
+    def check_complete(self) -> None:
+        """A finished folder still holds every artifact its marker names (one deleted later is reported by
+        name, like a damaged one, instead of failing a later stage or report)."""
+        for name in self.info().get("artifacts", {}):
+            if not (self.path / name).is_file():
+                raise ArtifactError(f"{self.path / name} is missing{self._remedy()}")
+
     def _remedy(self) -> str:
         if not self.done:
             return ""
-        return (f"; stage {self.label} is marked complete but this artifact is damaged: delete the folder "
+        return (f"; stage {self.label} is marked complete but this artifact is damaged or gone: delete the folder "
                 f"{self.path} (and those of the stages after it) and resume to recompute it")
 
     def _recorded_sha(self, name: str) -> str | None:
@@ -257,4 +270,5 @@ def write_failure(run_dir: Path, stage: str | None, error: BaseException) -> Non
 
 
 def clear_failure(run_dir: Path) -> None:
-    (Path(run_dir) / FAILURE).unlink(missing_ok=True)
+    if distributed.is_main():
+        (Path(run_dir) / FAILURE).unlink(missing_ok=True)

@@ -23,6 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.text import Text
 from torch import nn
 
+from ltsearch import distributed
 from ltsearch.config import Precision, RuntimeConfig, Verbosity
 from ltsearch.errors import ConfigError
 
@@ -59,6 +60,7 @@ class Runtime:
     checkpoint_every: int
     keep_checkpoints: int
     data_on_device: str
+    sync_batchnorm: bool = False
     verbosity: Verbosity = Verbosity.normal
 
     @classmethod
@@ -69,6 +71,8 @@ class Runtime:
             device = torch.device(cfg.device)
             if device.type == "cuda" and not torch.cuda.is_available():
                 raise ConfigError(f"runtime.device={cfg.device} but CUDA is not available here (use runtime.device=cpu)")
+        if device.type == "cuda" and device.index is None and distributed.world_size() > 1:
+            device = torch.device("cuda", torch.cuda.current_device())  # this process's GPU (its local rank)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         bf16 = cfg.precision == Precision.bf16 or (cfg.precision == Precision.auto and device.type == "cuda")
@@ -80,9 +84,10 @@ class Runtime:
             torch.backends.cudnn.allow_tf32 = not cfg.deterministic
         # set both ways: a second run in the same process (a benchmark, a test) must not inherit the first's
         torch.use_deterministic_algorithms(cfg.deterministic, warn_only=True)
-        progress = cfg.progress and cfg.verbosity != Verbosity.quiet
+        progress = cfg.progress and cfg.verbosity != Verbosity.quiet and distributed.is_main()
         return cls(device, bf16, cfg.channels_last and device.type == "cuda", cfg.compile, progress,
-                   cfg.checkpoint_every, cfg.keep_checkpoints, cfg.data_on_device, Verbosity(cfg.verbosity))
+                   cfg.checkpoint_every, cfg.keep_checkpoints, cfg.data_on_device, cfg.sync_batchnorm,
+                   Verbosity(cfg.verbosity))
 
     def show(self, renderable: Any, at: Verbosity = Verbosity.normal) -> None:
         """Print a table or text on the console when the run's verbosity is `at` or above."""

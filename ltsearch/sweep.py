@@ -28,7 +28,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from ltsearch import locks
+from ltsearch import distributed, locks
 from ltsearch.paths import FAILURE, SUMMARY_CSV, SUMMARY_LOCK, SUMMARY_TXT
 from ltsearch.plots import describe_written
 from ltsearch.report import build_report, write_report
@@ -105,7 +105,8 @@ class SweepSummary(Callback):
         self._started = time.time()
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
-        if not self.enabled or config.hydra.mode != RunMode.MULTIRUN:
+        # a job run by several processes (torchrun, a Slurm job of several tasks): rank 0 writes the summary
+        if not self.enabled or config.hydra.mode != RunMode.MULTIRUN or not distributed.is_main():
             return
         try:
             if job_return.status == JobStatus.FAILED:
@@ -115,7 +116,7 @@ class SweepSummary(Callback):
             log.warning("could not write the sweep summary: %s: %s", type(exc).__name__, exc)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        if not self.enabled:
+        if not self.enabled or not distributed.is_main():
             return
         try:
             written = write_sweep_summary(Path(config.hydra.sweep.dir))

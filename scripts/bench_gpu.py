@@ -30,6 +30,7 @@ cut short still returns what it measured. Exit status 0 when every selected part
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import subprocess
@@ -41,7 +42,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchlib import REPO, data_root, markdown_table  # noqa: E402
+from benchlib import REPO, data_root, markdown_table, run_parts  # noqa: E402
 
 from ltsearch.compose import compose  # noqa: E402
 from ltsearch.context import RunContext  # noqa: E402
@@ -148,17 +149,10 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA device"
     print(f"torch {torch.__version__}, {gpu}", flush=True)
-    failed = []
-    for part in args.parts:
-        if part == "bf16" and not torch.cuda.is_available():
-            print("(bf16: skipped, needs CUDA)")
-            continue
-        try:
-            globals()[part](args)
-        except Exception as exc:  # report and go on: the other parts are still worth their device time
-            print(f"{part}: FAILED: {exc}", flush=True)
-            failed.append(part)
-    return 1 if failed else 0
+    if "bf16" in args.parts and not torch.cuda.is_available():
+        print("(bf16: skipped, needs CUDA)")
+    parts = [p for p in args.parts if p != "bf16" or torch.cuda.is_available()]
+    return run_parts({part: functools.partial(globals()[part], args) for part in parts})
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import os
 import statistics
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,3 +57,16 @@ def save_rows(path: Path, rows: list[dict[str, Any]]) -> None:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+
+
+def run_parts(parts: dict[str, Callable[[], None]]) -> int:
+    """Run every part of a benchmark, reporting a failed one and going on (the others are still worth their
+    device time); exit status 1 when a part failed."""
+    failed = []
+    for name, part in parts.items():
+        try:
+            part()
+        except Exception as exc:
+            print(f"{name}: FAILED: {type(exc).__name__}: {exc}", flush=True)
+            failed.append(name)
+    return 1 if failed else 0

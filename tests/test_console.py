@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from ltsearch import cli as ltsearch_cli
+from ltsearch import overrides
 from tests.conftest import REPO, TINY, run_cli
 
 STAGES = ("search", "rewind", "retrain", "sanity", "evaluate")
@@ -110,7 +111,7 @@ def test_version(cli_main, capsys):
 
 
 def test_verbosity_flags_become_an_override_beside_the_others():
-    convert = ltsearch_cli.verbosity_overrides
+    convert = overrides.verbosity_overrides
     assert convert(["-q", "-m", "a=1", "b=2"]) == ["-m", "runtime.verbosity=quiet", "a=1", "b=2"]
     assert convert(["a=1", "--cfg", "job", "-v"]) == ["runtime.verbosity=verbose", "a=1", "--cfg", "job"]
     assert convert(["--cfg", "job", "--verbose", "--quiet"]) == ["--cfg", "job", "runtime.verbosity=quiet"]
@@ -118,7 +119,7 @@ def test_verbosity_flags_become_an_override_beside_the_others():
 
 
 def test_a_missing_extra_is_named_with_its_pip_command(cli_main, capsys, monkeypatch):
-    monkeypatch.setattr(ltsearch_cli, "_installed", lambda module: False)
+    monkeypatch.setattr(overrides, "_installed", lambda module: False)
     for args, extra in ((["-m", "hydra/launcher=joblib"], "joblib"), (["-m", "hydra/launcher=slurm"], "slurm"),
                         (["-m", "+sweep=optuna_cts"], "optuna")):
         assert cli_main(["run", *args, "pruner=magnitude"]) == 2

@@ -53,6 +53,8 @@ def test_wheel_contains_the_configs(wheel):
     assert {"model/resnet20.yaml", "dataset/mnist1d.yaml", "pruner/magnitude.yaml", "hydra/help/ltsearch.yaml",
             "hydra/job_logging/rich.yaml"} <= shipped
     assert not any(n.startswith(("tests/", "conf/", "scripts/")) for n in names)
+    packages = {p.parent.relative_to(REPO).as_posix() for p in (REPO / "ltsearch").rglob("__init__.py")}
+    assert {f"{package}/__init__.py" for package in packages} <= names  # every subpackage ships
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     assert "ltsearch = ltsearch.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ltsearch.errors import ConfigError
-from ltsearch.masking import prunable_weights
+from ltsearch.masking import keep_count, prunable_weights
 from ltsearch.models import build_model
 from tests.conftest import make_config
 
@@ -100,6 +100,17 @@ def test_lenet_preset_excludes_only_the_output_layer():
     model, exclude = build("model=lenet300100", "dataset.shape=[1,28,28]")
     assert set(prunable_weights(model, exclude)) == {"hidden.0.weight", "hidden.1.weight"}
     assert "output.weight" in prunable_weights(model)  # only the preset's exclusion removes it
+
+
+def test_cnn1d_doubles_its_channels_and_keeps_a_thousand_weights_at_0993():
+    model, _ = build("model=cnn1d", "dataset.shape=[1,40]")
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv1d)]
+    assert [c.out_channels for c in convs] == [32, 64, 128, 256]
+    prunable = sum(w.numel() for w in prunable_weights(model).values())
+    assert prunable == 32 * 5 + 64 * 32 * 3 + 128 * 64 * 3 + 256 * 128 * 3 + 10 * 256 * 5 == 141984
+    assert keep_count(1 - 0.993, prunable) == 993
+    small, _ = build("model=cnn1d", "model.width=8", "dataset.shape=[1,40]")
+    assert [c.out_channels for c in small.modules() if isinstance(c, nn.Conv1d)] == [8, 16, 32, 64]
 
 
 def test_resnet_depths_and_vgg_depths():

@@ -44,10 +44,15 @@ def test_stale_temporaries_are_removed_on_entry(tmp_path, tiny):
     (tmp_path / "search").mkdir(parents=True)
     stale = tmp_path / "search" / f".mask.pt.tmp-{999999}"
     stale.write_bytes(b"half a file")
-    assert remove_stale_temporaries(tmp_path) == 1 and not stale.exists()
+    assert remove_stale_temporaries(tmp_path, own_folders=["search"]) == 1 and not stale.exists()
+    run_dir = tmp_path / "run"
+    run_pipeline(make_config(*tiny, "stages=[search]"), run_dir)
+    stale = run_dir / "search" / f".mask.pt.tmp-{999999}"
     stale.write_bytes(b"half a file")
-    run_pipeline(make_config(*tiny, "stages=[search]"), tmp_path)
-    assert not stale.exists()
+    record = run_dir / f".run.json.tmp-{999998}"
+    record.write_bytes(b"half a record")
+    run_pipeline(make_config(*tiny, "stages=[search]"), run_dir)
+    assert not stale.exists() and not record.exists()
 
 
 # -- one writer per run directory ------------------------------------------------------------------------------------

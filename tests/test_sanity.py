@@ -145,7 +145,10 @@ def test_missing_scores_skip_invert_and_resume_reruns_only_unfinished(tmp_path, 
     cfg = make_config(*tiny, "pruner=magnitude", "sparsity=0.7", STAGES, "sanity.variants=[invert,shuffle]")
     run_pipeline(make_config(*tiny, "pruner=magnitude", "sparsity=0.7", "stages=[search,rewind,retrain]",
                              "sanity.variants=[invert,shuffle]"), tmp_path)
-    (tmp_path / "search" / "scores.pt").unlink()
+    (tmp_path / "search" / "scores.pt").unlink()  # as a pruner without scores leaves its search stage
+    marker = json.loads((tmp_path / "search" / "DONE.json").read_text())
+    del marker["artifacts"]["scores.pt"]
+    (tmp_path / "search" / "DONE.json").write_text(json.dumps(marker))
     run_pipeline(cfg, tmp_path)
     summary = json.loads((tmp_path / "sanity" / "sanity.json").read_text())
     assert "no per-weight scores" in summary["variants"]["invert"]["skipped_reason"]

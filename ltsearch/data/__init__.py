@@ -5,6 +5,10 @@ returns a `Data` object. Training batches come from a seeded permutation per epo
 augmentation run on the batch, on the training device. When the data stays in host memory while training
 runs on CUDA (`host_prefetch`), each batch is gathered into pinned memory on a worker thread one step
 ahead and copied asynchronously.
+
+In a run over several processes (`shard`, from `ltsearch.distributed`) the training batches are this
+rank's rows of each global batch of the one seeded permutation every rank draws; `eval_batches(...,
+sharded=True)` gives this rank every world-th batch of a split.
 """
 
 from __future__ import annotations
@@ -17,8 +21,9 @@ from typing import TypeVar
 import torch
 from torch import Tensor
 
-from ltsearch.config import DatasetConfig
+from ltsearch.config import DatasetConfig, RuntimeConfig
 from ltsearch.data.augment import augment_batch
+from ltsearch.data.common import sample_indices, to_inputs
 from ltsearch.data.prefetch import prefetched
 from ltsearch.data.sources import (
     Arrays,
@@ -28,7 +33,11 @@ from ltsearch.data.sources import (
     load_mnist1d,
     load_torchvision_mnist,
 )
+from ltsearch.data.stream import ImageFolderData, load_image_folder
+from ltsearch.distributed import Shard
+from ltsearch.errors import DataError
 from ltsearch.seeding import generator
+from ltsearch.storage import tensor_digest
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -41,6 +50,10 @@ DATASETS: dict[str, Callable[[DatasetConfig], Arrays]] = {
     "cifar100": load_cifar,
     "imagefolder": load_imagefolder,
     "fake": load_fake,
+}
+# Datasets that are not one tensor in memory: image folders of any image size, read by DataLoader workers.
+FOLDER_DATASETS: dict[str, Callable[[DatasetConfig, RuntimeConfig], ImageFolderData]] = {
+    "imagenet_folder": load_image_folder,
 }
 
 
@@ -58,6 +71,8 @@ class Data:
     std: Tensor | None
     augment: str
     host_prefetch: bool = False
+    identity: str = ""  # what the content is, wherever it was read from (`Arrays.identity`)
+    shard: Shard = Shard()
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -88,20 +103,15 @@ class Data:
 
     def prepare(self, x: Tensor, device: torch.device | None = None) -> Tensor:
         """Stored samples -> normalised float inputs on `device` (uint8 images are scaled to [0, 1])."""
-        if device is not None:
-            x = x.to(device, non_blocking=True)
-        x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
-        if self.mean is not None:
-            shape = (1, -1) + (1,) * (x.dim() - 2)
-            x = (x - self.mean.to(x.device).view(shape)) / self.std.to(x.device).view(shape)
-        return x
+        return to_inputs(x, self.mean, self.std, device)
 
     def train_batches(self, batch_size: int, gen: torch.Generator, augment: bool = True,
                       device: torch.device | None = None) -> Iterator[tuple[Tensor, Tensor]]:
-        """One epoch of shuffled training batches (the last one may be smaller)."""
-        for x, y in self.train_batches_at(self.train_order(batch_size, gen), device):
+        """One epoch of shuffled training batches (the last one may be smaller); this rank's rows of each."""
+        order = self.train_order(batch_size, gen)
+        for idx, (x, y) in zip(order, self.train_batches_at(order, device), strict=True):
             if augment:  # on the calling thread: the generator's draws stay in one order
-                x = augment_batch(x, self.augment, gen)
+                x = augment_batch(x, self.augment, gen, self.shard, len(idx))
             yield x, y
 
     def train_order(self, batch_size: int, gen: torch.Generator) -> list[Tensor]:
@@ -111,9 +121,10 @@ class Data:
 
     def train_batches_at(self, batches: list[Tensor], device: torch.device | None = None
                          ) -> Iterator[tuple[Tensor, Tensor]]:
-        """The un-augmented training samples of each index tensor in `batches`, as network inputs and labels
-        on `device`."""
-        return self._batches(lambda idx: (self.train_x[idx], self.train_y[idx]), batches, device)
+        """The un-augmented training samples of each index tensor in `batches` (this rank's rows of it), as
+        network inputs and labels on `device`."""
+        take = self.shard.take
+        return self._batches(lambda idx: (self.train_x[take(idx)], self.train_y[take(idx)]), batches, device)
 
     def _batches(self, gather: Callable[[T], tuple[Tensor, Tensor]], keys: list[T],
                  device: torch.device | None) -> Iterator[tuple[Tensor, Tensor]]:
@@ -130,39 +141,35 @@ class Data:
             yield x, y.to(x.device, non_blocking=True)
 
     def eval_batches(self, split: str, batch_size: int, device: torch.device | None = None,
-                     limit: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
-        """The `split` ("train" or "test") in order, without augmentation; `limit` > 0 takes a prefix."""
+                     limit: int = 0, sharded: bool = False) -> Iterator[tuple[Tensor, Tensor]]:
+        """The `split` ("train" or "test") in order, without augmentation; `limit` > 0 takes a prefix;
+        `sharded`: this rank's batches only (every world-th)."""
         xs, ys = (self.train_x, self.train_y) if split == "train" else (self.test_x, self.test_y)
         n = min(limit, xs.shape[0]) if limit else xs.shape[0]
         ranges = [(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
+        if sharded:
+            ranges = ranges[self.shard.rank::self.shard.world]
         return self._batches(lambda r: (xs[r[0]:r[1]], ys[r[0]:r[1]]), ranges, device)
 
     def sample(self, count: int, seed: int, *keys: object, per_class: bool = False,
                device: torch.device | None = None) -> tuple[Tensor, Tensor]:
         """A seeded, un-augmented training subset: `count` random samples, or `count` per class (in random
         order, classes interleaved, so that any slice of it is a mixed batch)."""
-        gen = generator(seed, "sample", *keys)
-        order = torch.randperm(self.train_x.shape[0], generator=gen)
-        if per_class:
-            labels = self.train_y.cpu()[order]
-            rank = torch.zeros_like(labels)  # how many samples of the same class come earlier in `order`
-            for c in range(self.num_classes):
-                of_c = labels == c
-                rank[of_c] = torch.arange(int(of_c.sum()))
-            idx = order[rank < count]
-            short = [c for c in range(self.num_classes) if int((labels == c).sum()) < count]
-            if short:
-                log.warning("asked for %d training samples per class; classes %s have fewer (all of them used)",
-                            count, short)
-        else:
-            idx = order[:count]
+        idx = sample_indices(self.train_y, self.num_classes, count, seed, *keys, per_class=per_class)
         idx = idx.to(self.device)
         x = self.prepare(self.train_x[idx], device)
         return x, self.train_y[idx].to(x.device)
 
 
-def build_data(cfg: DatasetConfig) -> Data:
-    """Load the dataset named by `cfg.name` (on the CPU) and apply subsets and normalisation settings."""
+def build_data(cfg: DatasetConfig, runtime: RuntimeConfig | None = None) -> Data | ImageFolderData:
+    """Load the dataset named by `cfg.name` (on the CPU) and apply subsets and normalisation settings; an
+    image folder of `FOLDER_DATASETS` is indexed, and kept in memory or streamed (`runtime.data_storage`)."""
+    if cfg.name in FOLDER_DATASETS:
+        return FOLDER_DATASETS[cfg.name](cfg, runtime or RuntimeConfig())
+    if cfg.augment.value == "resized_crop_flip":
+        raise DataError(f"augment=resized_crop_flip (ImageNet's random-resized crop) needs an image folder of "
+                        f"dataset.name={' or '.join(FOLDER_DATASETS)}; dataset '{cfg.name}' supports none, flip "
+                        f"and crop_flip")
     arrays = DATASETS[cfg.name](cfg)
     train_x, train_y, test_x, test_y = arrays.train_x, arrays.train_y, arrays.test_x, arrays.test_y
     if cfg.train_subset:
@@ -182,4 +189,5 @@ def build_data(cfg: DatasetConfig) -> Data:
         mean=torch.tensor(mean, dtype=torch.float32) if mean else None,
         std=torch.tensor(std, dtype=torch.float32) if std else None,
         augment=cfg.augment.value,
+        identity=arrays.identity or tensor_digest(arrays.train_x, arrays.train_y, arrays.test_x, arrays.test_y),
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import logging
 import math
 import os
 import sys
@@ -26,9 +27,16 @@ from ltsearch.paths import cache_root
 from ltsearch.seeding import generator
 from ltsearch.storage import load_torch, save_torch
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class Arrays:
+    """A whole dataset as CPU tensors. `identity` names its content: a loader whose files are verified
+    against published checksums gives those; otherwise it is left empty and `content_digest` of the arrays
+    is used (`ltsearch.storage.tensor_digest`): what cached upstream work and a resumed run check the data
+    against, never its path."""
+
     train_x: Tensor
     train_y: Tensor
     test_x: Tensor
@@ -36,6 +44,8 @@ class Arrays:
     num_classes: int
     mean: list[float] | None = None
     std: list[float] | None = None
+    identity: str = ""
+
 
 
 def load_mnist1d(cfg: DatasetConfig) -> Arrays:
@@ -96,8 +106,11 @@ def load_cifar(cfg: DatasetConfig) -> Arrays:
         mean, std = [0.5071, 0.4865, 0.4409], [0.2673, 0.2564, 0.2762]
     train, test = _torchvision(cls, cfg, folder)
     images = lambda d: torch.from_numpy(d.data).permute(0, 3, 1, 2).contiguous()  # noqa: E731
+    # torchvision checks every batch file against its published MD5 when it loads them: those name the data
+    published = [md5 for _, md5 in (*cls.train_list, *cls.test_list)]
+    identity = f"torchvision-{cfg.name}-md5:" + hashlib.sha256(",".join(published).encode()).hexdigest()
     return Arrays(images(train), torch.tensor(train.targets), images(test), torch.tensor(test.targets),
-                  classes, mean, std)
+                  classes, mean, std, identity)
 
 
 def load_fake(cfg: DatasetConfig) -> Arrays:
@@ -177,19 +190,20 @@ def _native_stderr_silenced() -> Iterator[None]:
 
 
 def _fingerprint(root: Path) -> str:
+    """The key of a folder's decoded copy: every file's path, size, modification and change time and inode.
+    The change time cannot be set back by hand (unlike the modification time, which `cp -p`, `rsync -t` or
+    `touch -d` restore), so a rewritten image is always decoded again."""
     digest = hashlib.sha256(str(root.resolve()).encode())
-    if root.is_dir():
-        for path in sorted(root.rglob("*")):
-            if path.is_file():
-                stat = path.stat()
-                digest.update(f"{path.relative_to(root)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    else:
-        stat = root.stat()
-        digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
+    files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+    for path in files:
+        st = path.stat()
+        digest.update(f"{path.relative_to(root) if root.is_dir() else ''}:{st.st_size}:{st.st_mtime_ns}:"
+                      f"{st.st_ctime_ns}:{st.st_ino}".encode())
     return digest.hexdigest()[:20]
 
 
-def _decode(name: str, data: bytes) -> Tensor:
+def decode(name: str, data: bytes) -> Tensor:
+    """An encoded image (JPEG, PNG, ...) as a uint8 RGB tensor (C, H, W), or a DataError naming `name`."""
     from torchvision.io import ImageReadMode, decode_image
 
     if not data:
@@ -215,7 +229,7 @@ def _decode_folder(root: Path) -> dict[str, Tensor]:
     labels: dict[str, list[str]] = {"train": [], "test": []}
     shape = None
     for split, label, name, data in _iter_images(root):
-        img = _decode(name, data)
+        img = decode(name, data)
         if shape is None:
             shape = img.shape
         elif img.shape != shape:
@@ -254,11 +268,16 @@ def load_imagefolder(cfg: DatasetConfig) -> Arrays:
         try:
             decoded = load_torch(cache)
         except ArtifactError:
-            cache.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # decoded again below; a read-only cache keeps it
+                cache.unlink(missing_ok=True)
     if decoded is None:
         with _native_stderr_silenced():
             decoded = _decode_folder(root)
-        save_torch(cache, decoded)
+        try:  # a copy to save decoding next time: a full or read-only cache only costs that
+            save_torch(cache, decoded)
+        except OSError as exc:
+            log.warning("could not keep the decoded images in %s (%s); they are decoded again next time",
+                        cache, exc.strerror or exc)
     train_x = decoded["train_x"]
     mean, std = (None, None) if cfg.mean else channel_stats(train_x)
     return Arrays(train_x, decoded["train_y"], decoded["test_x"], decoded["test_y"], len(decoded["classes"]),

@@ -22,6 +22,7 @@ from ltsearch.models.convnet import build_convnet
 from ltsearch.models.custom import CUSTOM, CustomModelConfig, build_custom
 from ltsearch.models.mlp import build_mlp
 from ltsearch.models.resnet import build_resnet18, build_resnet_cifar
+from ltsearch.models.torchvision_resnet import build_torchvision_resnet
 from ltsearch.models.vgg import build_vgg
 from ltsearch.seeding import derive_seed
 
@@ -35,6 +36,7 @@ MODELS: dict[str, Builder] = {
     "conv6": build_convnet,
     "resnet_cifar": build_resnet_cifar,
     "resnet18": build_resnet18,
+    "torchvision_resnet": build_torchvision_resnet,
     "vgg": build_vgg,
     CUSTOM: build_custom,
 }

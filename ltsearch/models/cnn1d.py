@@ -1,8 +1,10 @@
 """A small 1-D CNN for MNIST-1D (inputs of shape (1, 40)).
 
-Four conv layers (kernel 5 then 3, stride 1/2/2/2, BatchNorm, ReLU) and a linear head. At width 64 it
-has about 40K prunable weights: large enough that a ticket at 99% sparsity keeps a few hundred weights
-spread over all layers, small enough that the whole quickstart pipeline runs in a couple of CPU minutes.
+Four conv layers (kernel 5 then 3, stride 1/2/2/2, BatchNorm, ReLU) and a linear head. The channels double
+from layer to layer, starting at `model.width` (32: 32/64/128/256 channels, 142K prunable weights). Doubling
+puts most weights where the sequence is short, so the network holds enough weights for a ticket at 99.3%
+sparsity (about a thousand) to learn the task, for about 1.7x the compute of four layers of 64 channels
+(40K weights, whose 0.7% is 282 weights).
 """
 
 from __future__ import annotations
@@ -22,18 +24,19 @@ def _block(c_in: int, c_out: int, kernel: int, stride: int) -> nn.Sequential:
 
 
 class CNN1d(nn.Module):
-    def __init__(self, in_channels: int, length: int, width: int, num_classes: int) -> None:
+    def __init__(self, in_channels: int, length: int, widths: list[int], num_classes: int) -> None:
         super().__init__()
+        c1, c2, c3, c4 = widths
         self.features = nn.Sequential(
-            _block(in_channels, width, 5, 1),
-            _block(width, width, 3, 2),
-            _block(width, width, 3, 2),
-            _block(width, width, 3, 2),
+            _block(in_channels, c1, 5, 1),
+            _block(c1, c2, 3, 2),
+            _block(c2, c3, 3, 2),
+            _block(c3, c4, 3, 2),
         )
         out_len = length
         for _ in range(3):
             out_len = (out_len - 1) // 2 + 1
-        self.output = nn.Linear(width * out_len, num_classes)
+        self.output = nn.Linear(c4 * out_len, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.output(self.features(x).flatten(1))
@@ -42,4 +45,5 @@ class CNN1d(nn.Module):
 def build_cnn1d(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     if len(input_shape) != 2:
         raise ConfigError(f"model 'cnn1d' needs 1-D inputs (channels, length), got shape {input_shape}")
-    return CNN1d(input_shape[0], input_shape[1], cfg.width or 64, num_classes)
+    width = cfg.width or 32
+    return CNN1d(input_shape[0], input_shape[1], [width, 2 * width, 4 * width, 8 * width], num_classes)

@@ -10,6 +10,13 @@ gradient of s_err is added to the objective's gradient with a weight lambda that
 lambda* = ||g_task|| / ||g_sp|| while s_err > 0 (else 0), smoothed by an EMA of 0.99. The `lagrange` control
 is the paper's ablation (a multiplier updated by gradient ascent, no slack).
 
+Several processes (`ltsearch.distributed`): every rank draws the same noise (seeded by the seed and the
+epoch only) and holds the same theta; each computes the gradient of its rows of the batch and the ranks
+average it. GradBalance's lambda* over ranks (`pruner.ddp_lambda`): `authors` averages the ranks' own
+targets ||g_task,r|| / ||g_sp|| (what the authors' code all-reduces; it grows with the number of ranks, since
+the norm of each rank's gradient exceeds that of their mean), `global` takes lambda* of the averaged
+gradient (the same as one process on the same global batches).
+
 Teacher cache: when the network is a per-sample function (no BatchNorm, no active dropout), the teacher's
 logits are computed once per search and looked up afterwards: the weights are frozen and the search never
 augments, so each sample's teacher logits are the same in every epoch.
@@ -26,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from ltsearch import distributed
 from ltsearch.data import Data
 from ltsearch.objectives import MaskedNetwork, Objective
 from ltsearch.seeding import generator
@@ -89,20 +97,29 @@ class SparsityControl:
         return self.cfg.slack if self.cfg.control == Control.gradbalance else 1.0
 
     def gradient(self, theta: Tensor, g_task: Tensor) -> tuple[Tensor, float]:
-        """theta.grad for this step, and s_err."""
+        """theta.grad for this step, and s_err. `g_task`: this process's gradient of the objective (of its
+        rows of the batch in a distributed run, weighted so that the ranks' mean is the batch's gradient)."""
         s_err, g_sp = sparsity_error(theta.detach(), self.density, self.slack)
         err = float(s_err)
+        g_mean = distributed.mean(g_task)
         if self.cfg.control == Control.gradbalance:
-            target = gradbalance_lambda(g_task, g_sp, err)
+            target = self.lambda_target(g_task, g_mean, g_sp, err)
             ema = self.cfg.lambda_ema
             self.lam = target if self.steps == 0 else ema * self.lam + (1 - ema) * target
-            grad = torch.add(g_task, g_sp, alpha=self.lam)
+            grad = torch.add(g_mean, g_sp, alpha=self.lam)
         else:
             # Lagrangian R + lam * s_err (target exactly d): descend on theta, ascend on lam.
-            grad = torch.add(g_task, g_sp, alpha=self.lam)
+            grad = torch.add(g_mean, g_sp, alpha=self.lam)
             self.lam += self.lagrange_lr * err
         self.steps += 1
         return grad, err
+
+    def lambda_target(self, g_task: Tensor, g_mean: Tensor, g_sp: Tensor, err: float) -> float:
+        """lambda* of this step: of the ranks' mean gradient (`global`), or the ranks' mean of their own
+        (`authors`); the same on one process."""
+        if self.cfg.ddp_lambda == "global":
+            return gradbalance_lambda(g_mean, g_sp, err)
+        return distributed.mean_scalar(gradbalance_lambda(g_task, g_sp, err), g_task.device)
 
     def drop_lr(self, factor: float) -> None:
         self.lagrange_lr *= factor
@@ -182,17 +199,19 @@ class ConcreteSearch:
             return f"the logits would take {nbytes / 2**20:.0f} MiB"
         return None
 
-    def step(self, x: Tensor, y: Tensor, noise: Tensor, teacher: Tensor | None = None) -> float:
+    def step(self, x: Tensor, y: Tensor, noise: Tensor, teacher: Tensor | None = None, weight: float = 1.0) -> float:
         """One minibatch: soft mask from this step's fresh `noise`, objective, GradBalance gradient, Adam
         step on the objective times its scale. `teacher`: the unmasked network's logits for `x` when already
-        known. Returns the unscaled objective."""
+        known; `weight`: this rank's factor on its gradient in a distributed run (`Shard.weight`). Returns the
+        unscaled objective."""
         mask = soft_mask(self.theta, noise, self.cfg.temperature)
         net = MaskedNetwork(self.model, self.layout.weights, self.layout.split(mask), self.autocast)
         if self.needs_teacher and teacher is None:
             with torch.no_grad():
                 teacher = net.logits(x, masked=False)
         value = self.objective.value(net, x, y, teacher)
-        (g_task,) = torch.autograd.grad(value * self.objective.scale, self.theta)
+        scaled = value * self.objective.scale
+        (g_task,) = torch.autograd.grad(scaled * weight if weight != 1.0 else scaled, self.theta)
         self.theta.grad, self.s_err = self.control.gradient(self.theta, g_task)
         self.optimizer.step()
         return float(value.detach())
@@ -211,16 +230,21 @@ class ConcreteSearch:
             teacher_samples = data.train_size
         data_gen = generator(seed, "cts", "epoch", epoch)
         noise_gen = generator(seed, "cts", "noise", epoch, device=self.device)
-        total, seen = 0.0, 0
-        order = data.train_order(batch_size, data_gen)
+        total, seen, teacher_runs = 0.0, 0, 0
+        order, shard = data.train_order(batch_size, data_gen), data.shard
         for idx, (x, y) in zip(order, data.train_batches_at(order, self.device), strict=True):
-            teacher = None if self.cached_teacher is None else self.cached_teacher[idx.to(self.device)]
+            mine = shard.size(len(idx))  # this rank's rows of the batch (see Shard)
+            teacher = None if self.cached_teacher is None else self.cached_teacher[shard.take(idx).to(self.device)]
             noise = logistic_noise(self.layout.total, noise_gen, self.device)
-            total += self.step(x, y, noise, teacher) * y.numel()
-            seen += y.numel()
+            total += self.step(x, y, noise, teacher, shard.weight(len(idx))) * mine
+            seen += mine
             if self.needs_teacher and teacher is None:
-                teacher_samples += y.numel()
+                teacher_runs += mine
             advance()
+        if shard.world > 1:
+            total, seen_all, runs_all = distributed.sum_floats(total, seen, teacher_runs)
+            seen, teacher_runs = int(seen_all), int(runs_all)
+        teacher_samples += teacher_runs
         with torch.no_grad():
             expected = float(torch.sigmoid(self.theta).mean())
             positive = float((self.theta > 0).float().mean())

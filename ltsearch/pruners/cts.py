@@ -63,6 +63,10 @@ class CTSConfig(PrunerConfig):
     autocast: bool = False
     # compute the teacher's logits once per search when that gives the same logits (see the module doc)
     cache_teacher: bool = True
+    # GradBalance's lambda* in a run over several processes (ltsearch.pruners.concrete): `authors` averages
+    # the ranks' targets as the authors' code does (depends on the number of processes), `global` takes it
+    # from the averaged gradient (equal to one process on the same global batches)
+    ddp_lambda: str = "authors"
 
     def __post_init__(self) -> None:
         if self.epochs < 0:
@@ -77,6 +81,8 @@ class CTSConfig(PrunerConfig):
             raise ValueError("pruner.lr_drop_epoch must be >= -1 and pruner.lr_drop_factor in (0, 1]")
         if self.batch_size < 0:
             raise ValueError("pruner.batch_size must be >= 0 (0 = train.batch_size)")
+        if self.ddp_lambda not in ("authors", "global"):
+            raise ValueError(f"pruner.ddp_lambda must be authors or global, got '{self.ddp_lambda}'")
 
 
 # -- the search --------------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from typing import Any
 
 from torch import Tensor
 
+from ltsearch import distributed
 from ltsearch.config import When
 from ltsearch.masking import Masks, attach_masks, count, full_masks, keep_count, plain_state_dict, topk_masks
 from ltsearch.paths import CHECKPOINTS, LEVELS, MASK, WEIGHTS, imp_level
@@ -116,7 +117,8 @@ class IMPPruner(Pruner):
         acc = history[-1].get("test_acc") if history else None
         out.mark_done(level=level, test_acc=acc)
         # The epoch checkpoints only served resumption; the next levels need weights.pt alone.
-        shutil.rmtree(out.path / CHECKPOINTS, ignore_errors=True)
+        if distributed.is_main():  # the run folder is rank 0's to change
+            shutil.rmtree(out.path / CHECKPOINTS, ignore_errors=True)
         return acc
 
     def train_shared(self, ctx: PruneContext, out: ArtifactDir, level: int, masks: Masks) -> None:

@@ -40,6 +40,7 @@ import torch
 from rich.table import Table
 from torch import Tensor
 
+from ltsearch import distributed
 from ltsearch.config import SanityVariant, Verbosity, When
 from ltsearch.context import RunContext
 from ltsearch.masking import Masks, count, plain_state_dict
@@ -198,7 +199,8 @@ def run_variant(ctx: RunContext, out: ArtifactDir, variant: str, masks: Masks, s
     out.save_json(VARIANT_RESULT, result)
     out.mark_done(accuracy=accuracy)
     # The epoch checkpoints only served resumption; the verdict needs the accuracy alone.
-    shutil.rmtree(out.path / CHECKPOINTS, ignore_errors=True)
+    if distributed.is_main():  # the run folder is rank 0's to change
+        shutil.rmtree(out.path / CHECKPOINTS, ignore_errors=True)
     return result
 
 

@@ -101,7 +101,18 @@ def preservation(ctx: RunContext, out: ArtifactDir, model: nn.Module, masks: Mas
             "test_acc": test["acc"], "samples": int(targets.numel()), "batchnorm": "batch statistics"}
 
 
+def check_prunable(ctx: RunContext) -> None:
+    """Before any training: `model.exclude` must leave some weight to prune."""
+    model = ctx.new_model()
+    if not prunable_modules(model, ctx.cfg.model.exclude):
+        every = [n for n, _ in prunable_modules(model).items()]
+        raise ConfigError(f"model.exclude={list(ctx.cfg.model.exclude)} excludes every prunable weight of model "
+                          f"'{ctx.cfg.model.name}' ({', '.join(every[:4])}{', ...' if len(every) > 4 else ''}), so "
+                          f"nothing is left to prune; exclude fewer layers")
+
+
 def run(ctx: RunContext, out: ArtifactDir) -> dict[str, Any]:
+    check_prunable(ctx)
     model = pruning_point(ctx, out)
     out.save_tensors(PRUNING_POINT, plain_state_dict(model))
     pctx = ctx.prune_context(model, out)

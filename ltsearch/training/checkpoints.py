@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from ltsearch import distributed
 from ltsearch.errors import ArtifactError, UnsafeArtifactError
 from ltsearch.storage import load_json, load_torch, save_json, save_torch
 
@@ -37,6 +38,9 @@ class Checkpoints:
             return []
 
     def save(self, epoch: int, state: dict[str, Any]) -> None:
+        """Write (rank 0 only: the other ranks of a distributed run hold the same state) and prune old files."""
+        if not distributed.is_main():
+            return
         name = f"epoch_{epoch:04d}.pt"
         sha = save_torch(self.folder / name, state)
         entries = [e for e in self._entries() if e["epoch"] != epoch] + [{"epoch": epoch, "file": name, "sha256": sha}]

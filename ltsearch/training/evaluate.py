@@ -3,6 +3,10 @@
 Both go through the same (masked) forward path as training. `batch_stats=True` runs BatchNorm on each
 batch's own statistics with the saved running statistics left untouched: how a mask is judged at the
 pruning point (the CTS authors' networks normalise with batch statistics everywhere).
+
+In a distributed run `evaluate` gives every rank every world-th batch and sums the counts over the ranks
+(the batches are those of one process, so batch statistics too are the same); `predict` runs every batch
+on every rank.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ltsearch import distributed
 from ltsearch.data import Data
 from ltsearch.masking import batch_statistics
 from ltsearch.runtime import Runtime
@@ -28,9 +33,9 @@ def evaluate(model: nn.Module, data: Data, runtime: Runtime, split: str = "test"
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=runtime.device)
     correct = torch.zeros((), dtype=torch.int64, device=runtime.device)
-    total = 0
+    total = torch.zeros((), dtype=torch.int64, device=runtime.device)
     with batch_statistics(model) if batch_stats else contextlib.nullcontext():
-        for x, y in data.eval_batches(split, batch_size, runtime.device, limit):
+        for x, y in data.eval_batches(split, batch_size, runtime.device, limit, sharded=True):
             if runtime.channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
             with runtime.autocast():
@@ -38,8 +43,9 @@ def evaluate(model: nn.Module, data: Data, runtime: Runtime, split: str = "test"
             loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").double()
             correct += (logits.argmax(1) == y).sum()
             total += y.numel()
+    distributed.sum_(loss_sum, correct, total)
     model.train(was_training)
-    return {"loss": float(loss_sum) / total, "acc": float(correct) / total}
+    return {"loss": float(loss_sum) / int(total), "acc": float(correct) / int(total)}
 
 
 @torch.no_grad()

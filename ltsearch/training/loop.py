@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from ltsearch import distributed
 from ltsearch.paths import CHECKPOINTS, METRICS
 from ltsearch.rundir import ArtifactDir
 from ltsearch.runtime import CONSOLE, progress_bar
@@ -83,7 +84,9 @@ class EpochLoop:
         self.history: list[Record] = []
 
     def restore(self, task: EpochTask) -> int:
-        """Load the newest good checkpoint into the task; return the epoch to continue from."""
+        """Load the newest good checkpoint into the task; return the epoch to continue from (every rank of a
+        distributed run reads the same files: none is written while they read)."""
+        distributed.barrier()
         state = self.checkpoints.latest()
         if state is None:
             return self.start_epoch
@@ -114,7 +117,7 @@ class EpochLoop:
                         self.checkpoint(task, epoch + 1)
         # Once more from the (checksummed) history, recorded in the folder's manifest so that its completion
         # marker covers it (also when a session resumed after the last checkpoint).
-        self.out.manifest[METRICS] = save_json(self.out.path / METRICS, self.history)
+        self.out.manifest[METRICS] = distributed.on_main(lambda: save_json(self.out.path / METRICS, self.history))
         return self.history
 
     def checkpoint(self, task: EpochTask, next_epoch: int) -> None:

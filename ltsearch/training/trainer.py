@@ -11,6 +11,13 @@ the effective weights directly and re-applies the masks in place after every opt
 multiply), so the forward pass always sees exactly w * mask without the parametrization's per-step cost.
 Kept weights follow the same arithmetic as under the parametrization; pruned weights are 0 before every
 forward. The masks are attached again when `fit` returns.
+
+Several processes (`ltsearch.distributed`): the model trains under DistributedDataParallel; each rank
+computes its rows of every global batch (`Data.shard`), its mean loss is weighted so that DDP's average of
+the ranks' gradients is the gradient of the global batch's mean loss, and the epoch's loss and accuracy are
+summed over the ranks, so N processes train what one process trains (to float tolerance). BatchNorm: each
+rank normalises with its own rows' statistics unless `runtime.sync_batchnorm` (SyncBatchNorm, CUDA only);
+after every epoch all ranks take rank 0's running statistics, which is what rank 0 saves.
 """
 
 from __future__ import annotations
@@ -24,7 +31,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
+from ltsearch import distributed
 from ltsearch.config import TrainConfig
 from ltsearch.data import Data
 from ltsearch.errors import DivergenceError
@@ -59,7 +68,8 @@ class Trainer:
         self._masked_weights, self._mask_values = self._in_place_masks(model, self.masks)
         self.optimizer = build_optimizer(model.parameters(), cfg)
         self.scheduler = build_scheduler(self.optimizer, cfg, self.steps_per_epoch, start_epoch)
-        self.forward = torch.compile(model) if runtime.compile else model
+        self._batchnorms = self._sync_batchnorm(model) if runtime.sync_batchnorm and self.data.shard.world > 1 else {}
+        self.forward = self._wrap(model)
         self.loop = EpochLoop(out, start_epoch=start_epoch, end_epoch=self.end_epoch,
                               steps_per_epoch=self.steps_per_epoch, description=out.path.name,
                               progress=runtime.progress, keep_checkpoints=runtime.keep_checkpoints,
@@ -75,6 +85,22 @@ class Trainer:
         weights = [modules[name].weight for name in masks]
         values = [masks[name].to(w.device, w.dtype) for name, w in zip(masks, weights, strict=True)]
         return weights, values
+
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        """The module that runs the forward pass: DDP across processes, then torch.compile if asked."""
+        forward: nn.Module = model
+        if self.data.shard.world > 1:
+            device = self.runtime.device
+            forward = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        return torch.compile(forward) if self.runtime.compile else forward
+
+    @staticmethod
+    def _sync_batchnorm(model: nn.Module) -> dict[str, nn.Module]:
+        """Swap BatchNorm for SyncBatchNorm (sharing parameters and buffers) for the training; returns the
+        original modules by name, which `fit` puts back."""
+        originals = {name: m for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+        nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        return originals
 
     def _apply_masks(self) -> None:
         if self._masked_weights:
@@ -111,6 +137,9 @@ class Trainer:
         try:
             return self.loop.run(self)
         finally:
+            for name, module in self._batchnorms.items():
+                parent, _, child = name.rpartition(".")
+                self.model.get_submodule(parent).add_module(child, module)
             if self.masks:
                 attach_masks(self.model, self.masks)
 
@@ -133,33 +162,39 @@ class Trainer:
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         correct = torch.zeros((), dtype=torch.int64, device=device)
         first_bad = torch.full((), -1, dtype=torch.int64, device=device)
-        seen, t0 = 0, time.perf_counter()
+        seen = torch.zeros((), dtype=torch.int64, device=device)
+        t0 = time.perf_counter()
         lr = self.optimizer.param_groups[0]["lr"]
-        for step, (x, y) in enumerate(self.data.train_batches(self.cfg.batch_size, gen, True, device)):
+        shard, size = self.data.shard, self.cfg.batch_size
+        for step, (x, y) in enumerate(self.data.train_batches(size, gen, True, device)):
+            n = min(size, self.data.train_size - step * size)  # the global batch
             if self.runtime.channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
             with self.runtime.autocast():
                 logits = self.forward(x)
             loss = F.cross_entropy(logits.float(), y)
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * shard.weight(n) if shard.world > 1 else loss).backward()
             self.optimizer.step()
             self._apply_masks()
             self.scheduler.step()
             bad = ~torch.isfinite(loss.detach())
             first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, step), first_bad)
-            loss_sum += loss.detach().double() * y.numel()
-            correct += (logits.detach().argmax(1) == y).sum()
-            seen += y.numel()
+            mine = shard.size(n)  # 0: this rank computed a placeholder sample of weight 0
+            loss_sum += loss.detach().double() * mine
+            correct += (logits.detach().argmax(1) == y).sum() * (mine > 0)
+            seen += mine
             advance()
             if device.type == "cpu" or step % 50 == 49:
                 self._check(first_bad, epoch)
         self._check(first_bad, epoch)
-        return {"epoch": epoch + 1, "lr": lr, "train_loss": float(loss_sum) / seen,
-                "train_acc": float(correct) / seen, "samples": seen, "time": time.perf_counter() - t0}
+        distributed.sum_(loss_sum, correct, seen)
+        distributed.broadcast_buffers(self.model)
+        return {"epoch": epoch + 1, "lr": lr, "train_loss": float(loss_sum) / int(seen),
+                "train_acc": float(correct) / int(seen), "samples": int(seen), "time": time.perf_counter() - t0}
 
     def _check(self, first_bad: torch.Tensor, epoch: int) -> None:
-        step = int(first_bad)
+        step = distributed.max_int(int(first_bad))
         if step >= 0:
             raise DivergenceError(
                 f"stage {self.out.label}: the training loss became NaN/Inf at epoch {epoch + 1}, step {step + 1} "
