@@ -1,3 +1,27 @@
-"""ltsearch: config-driven lottery ticket search (Concrete Ticket Search and its baselines)."""
+"""ltsearch: config-driven lottery ticket search (Concrete Ticket Search and its baselines).
 
-__version__ = "0.1.0"
+The Python API (`ltsearch.api`) is exported here lazily: `find_ticket`, `apply_masks`, `load_ticket`,
+`load_masks`, `run`, `resume`, `compose_config`, `Ticket`. Every submodule imports this package first, so it
+imports nothing heavy itself; the API is imported on first use of one of these names.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ltsearch.version import __version__
+
+API = ("Ticket", "apply_masks", "compose_config", "find_ticket", "load_masks", "load_ticket", "resume", "run")
+__all__ = ["__version__", *API]
+
+
+def __getattr__(name: str) -> Any:
+    if name in API:
+        from ltsearch import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'ltsearch' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *API])

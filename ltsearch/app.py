@@ -8,24 +8,34 @@ Ranks other than 0 keep quiet (no console output, no log file): rank 0 speaks fo
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from ltsearch import distributed
-from ltsearch.compose import register_configs, to_config
+from ltsearch.compose import method_label, register_configs, to_config
+from ltsearch.config import flatten
+from ltsearch.errors import ConfigError
 from ltsearch.pipeline import run_pipeline
-from ltsearch.runtime import console
+from ltsearch.runtime import configure_console, console
 
 register_configs()
 
 
-def _label(cfg: DictConfig, choices: dict[str, Any]) -> str:
-    """The method's name in reports: pruner.label, else the chosen pruner option (e.g. cts_kl)."""
-    return str(OmegaConf.select(cfg, "pruner.label") or choices.get("pruner") or cfg.pruner.name)
+def sweep_value(results: dict[str, Any], key: str) -> float | None:
+    """The number a Hydra sweeper optimises: `sweep_metric`, a dotted key of results.json."""
+    if not results:
+        return None
+    values = flatten(results)
+    if key not in values or not isinstance(values[key], int | float):
+        numeric = sorted(k for k, v in values.items() if isinstance(v, int | float) and not k.startswith("config."))
+        raise ConfigError(f"sweep_metric={key} is not a number in results.json; e.g. {', '.join(numeric[:12])}")
+    value = float(values[key])
+    return None if math.isnan(value) else value
 
 
 def _quiet_unless_main() -> None:
@@ -44,10 +54,11 @@ def main(cfg: DictConfig) -> float | None:
     distributed.setup()
     _quiet_unless_main()
     config = to_config(cfg)
+    configure_console(config.runtime.verbosity)
     hc = HydraConfig.get()
     try:
         results = run_pipeline(config, Path(hc.runtime.output_dir), overrides=list(hc.overrides.task),
-                               label=_label(cfg, dict(hc.runtime.choices)))
+                               label=method_label(cfg, dict(hc.runtime.choices)))
     except distributed.PeerFailure:
         raise SystemExit(1) from None  # rank 0 failed and reports why
-    return results.get("test_acc")
+    return sweep_value(results, config.sweep_metric)

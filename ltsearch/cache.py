@@ -37,11 +37,12 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from ltsearch import __version__, distributed, locks
+from ltsearch import distributed, locks
 from ltsearch.errors import ArtifactError, UnsafePathError
 from ltsearch.paths import CACHE_SPEC, MARKER, TMP_MARK
 from ltsearch.rundir import ArtifactDir
 from ltsearch.storage import copy_verified, load_json, save_json
+from ltsearch.version import __version__
 
 log = logging.getLogger(__name__)
 _SHA256 = re.compile(r"[0-9a-f]{64}")

@@ -13,20 +13,32 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ltsearch import __version__, distributed
+from ltsearch import distributed
 from ltsearch.errors import Interrupted, LtsearchError
+from ltsearch.overrides import (
+    check_group_overrides,
+    check_output_dirs,
+    check_plugins,
+    verbosity_overrides,
+)
+from ltsearch.version import __version__
 
 USAGE = """usage: ltsearch <command> [args]
 
 commands:
-  run [OVERRIDES...]     compose a config from conf/ and run the pipeline (a Hydra app: -m for sweeps,
-                         --cfg job to print the config, --help for the config groups and their options)
-  resume RUN_DIR [OVERRIDES...]
+  run [-q|-v] [OVERRIDES...]
+                         compose a config from conf/ and run the pipeline (a Hydra app: -m for sweeps,
+                         --cfg job to print the config, --help for the config groups and their options);
+                         -q: warnings and one closing line only, -v: every epoch too (run.log has all)
+  resume RUN_DIR [-q|-v] [OVERRIDES...]
                          continue a killed or stopped run in place (finished stages are skipped); extra
                          overrides may change runtime.* settings only
   report DIR... [--csv FILE] [--plots DIR] [--layers-at SPARSITY] [--no-plots]
                          tables (method x sparsity: accuracy mean +- std over seeds, cost; sanity
-                         verdicts; failed runs) and PNG plots of the runs found below each DIR
+                         verdicts; failed runs) and plots (PNG, PDF, SVG) of the runs found below each DIR
+  cache ls|clear [--kind KIND] [--older-than AGE] [--dry-run] [--dir DIR]
+                         the artifact cache and decoded datasets: entries with sizes and ages; remove them
+  --version              ltsearch's version
 
 examples:
   ltsearch run                                        # quickstart: CTS-KL on MNIST-1D, a few CPU minutes
@@ -35,9 +47,13 @@ examples:
   ltsearch run -m +sweep=paper_grid pruner=cts_kl    # density 0.8^k, k = 2..32, seeds 0-2 (summary in the sweep dir)
   ltsearch report outputs/sweeps/<date> --csv results/summary.csv
   ltsearch run experiment=lenet_mnist pruner=magnitude sparsity=0.9 dataset.root=DATA_DIR
+  ltsearch run model=custom model._target_=torchvision.models.resnet18 dataset=cifar10 dataset.root=DATA_DIR
+  ltsearch run logger=tensorboard                     # besides RUN_DIR/metrics.csv; also wandb, mlflow
+  ltsearch cache ls
   ltsearch run --help                                 # config groups and options
   eval "$(ltsearch run -sc install=bash)"             # tab completion
 """
+
 
 
 def _error(message: str) -> int:
@@ -46,57 +62,14 @@ def _error(message: str) -> int:
     return 2
 
 
-def config_groups() -> list[str]:
-    """The config groups shipped in conf/ (folders other than hydra/)."""
-    from importlib.resources import files
-
-    root = files("ltsearch.conf")
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and p.name not in ("hydra", "__pycache__"))
-
-
-def check_group_overrides(args: list[str]) -> str | None:
-    """Hydra answers `model=0.993` with a raw traceback; catch a number given for a config group here."""
-    groups = config_groups()
-    for arg in args:
-        key, sep, value = arg.lstrip("+~").partition("=")
-        if not sep or key not in groups:
-            continue
-        for item in value.split(","):
-            try:
-                float(item)
-            except ValueError:
-                continue
-            return (f"'{arg}': {key} is a config group; choose an option by name "
-                    f"(ltsearch run --help lists them), or set a key inside it, e.g. {key}.<key>={item}")
-    return None
-
-
-def check_output_dirs(args: list[str]) -> str | None:
-    """Hydra answers a run/sweep directory it cannot use (an existing file, a link to nothing, a read-only
-    folder) with a traceback; say it in one line."""
-    from ltsearch.guards import folder_problem, foreign_problem
-
-    for arg in args:
-        key, sep, value = arg.partition("=")
-        if sep and key in ("hydra.run.dir", "hydra.sweep.dir"):
-            path = Path(value.strip("'\"")).expanduser()
-            problem = folder_problem(path, key) or (foreign_problem(path) if key == "hydra.run.dir" else None)
-            if problem:
-                return f"'{arg}': {problem}"
-    keys = {a.partition("=")[0] for a in args}
-    if not keys & {"hydra.run.dir", "hydra.sweep.dir", *NO_RUN_FLAGS}:  # a run into the default outputs/
-        return folder_problem(Path("outputs"), "the output folder")
-    return None
-
-
-# Hydra flags that print something instead of running (no output folder is written)
-NO_RUN_FLAGS = ("--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc")
-
-
 def _hydra(args: list[str]) -> int:
     from ltsearch.app import main as hydra_main
 
-    problem = check_group_overrides(args) or check_output_dirs(args)
+    if "--version" in args:  # Hydra would print its own version
+        print(f"ltsearch {__version__}")
+        return 0
+    args = verbosity_overrides(args)
+    problem = check_group_overrides(args) or check_output_dirs(args) or check_plugins(args)
     if problem:
         return _error(problem)
     prog = sys.argv[0] if sys.argv and sys.argv[0] else "ltsearch"
@@ -169,7 +142,7 @@ def _completion(args: list[str]) -> int:
     line = os.environ.get("COMP_LINE", "")
     words = line.split(" ")
     if len(words) == 2:  # the command word itself ("ltsearch <TAB>", "ltsearch ru<TAB>")
-        print("run resume report")
+        print(" ".join(COMMANDS))
         return 0
     if len(words) > 2 and words[1] == "run":
         os.environ["COMP_LINE"] = " ".join([words[0], *words[2:]])
@@ -215,7 +188,7 @@ def _resume(args: list[str]) -> int:
 
     if not args or args[0].startswith("-"):
         return _error("resume needs a run directory: ltsearch resume RUN_DIR [runtime.*=...]")
-    run_dir, extra = Path(args[0]), args[1:]
+    run_dir, extra = Path(args[0]), verbosity_overrides(args[1:])
     if not run_dir.is_dir():
         return _error(folder_problem(run_dir, "run directory") or f"{run_dir} is not a directory")
     try:
@@ -251,7 +224,30 @@ def _report(args: list[str]) -> int:
         return _error(str(exc))
 
 
+def _cache(args: list[str]) -> int:
+    from ltsearch.cache_admin import main as cache_main
+
+    try:
+        return cache_main(args)
+    except LtsearchError as exc:
+        return _error(str(exc))
+
+
+COMMANDS = {"run": _hydra, "resume": _resume, "report": _report, "cache": _cache}
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The `ltsearch` command; a reader that goes away (`ltsearch report ... | head`) ends it quietly."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        from ltsearch.runtime import silence_stdout
+
+        silence_stdout()
+        return 0
+
+
+def _main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help", "help"):
         print(USAGE)
@@ -262,13 +258,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if command in ("-sc", "--shell-completion"):
         return _completion(args)
-    if command == "run":
-        return _hydra(rest)
-    if command == "resume":
-        return _resume(rest)
-    if command == "report":
-        return _report(rest)
-    return _error(f"unknown command '{command}' (commands: run, resume, report; see ltsearch --help)")
+    if command in COMMANDS:
+        return COMMANDS[command](rest)
+    return _error(f"unknown command '{command}' (commands: {', '.join(COMMANDS)}; see ltsearch --help)")
 
 
 if __name__ == "__main__":

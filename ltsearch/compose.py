@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from ltsearch.config import (
@@ -29,7 +29,9 @@ from ltsearch.data import DATASETS, FOLDER_DATASETS
 from ltsearch.distributed import LAUNCH_TIME_ENV
 from ltsearch.errors import ConfigError
 from ltsearch.logfile import has_control, one_line
+from ltsearch.loggers import check_logger_extras
 from ltsearch.models import MODELS
+from ltsearch.models.custom import CustomModelConfig
 from ltsearch.objectives import OBJECTIVES
 from ltsearch.paths import job_folder
 from ltsearch.pruners import PRUNERS
@@ -45,6 +47,7 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="ltsearch_schema", node=Config)
     cs.store(name="schema_model", node=ModelConfig)
+    cs.store(name="schema_model_custom", node=CustomModelConfig)
     cs.store(name="schema_dataset", node=DatasetConfig)
     cs.store(name="schema_train", node=TrainConfig)
     cs.store(name="schema_objective", node=ObjectiveConfig)
@@ -104,7 +107,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 def check_names(cfg: Config) -> None:
-    """Every name that refers to a registry must be in it."""
+    """Every name that refers to a registry must be in it, and every chosen logger installed."""
     registries: tuple[tuple[str, str, dict[str, Any]], ...] = (
         ("model.name", cfg.model.name, MODELS),
         ("dataset.name", cfg.dataset.name, {**DATASETS, **FOLDER_DATASETS}),
@@ -114,19 +117,38 @@ def check_names(cfg: Config) -> None:
     for key, name, known in registries:
         if name not in known:
             raise ConfigError(f"unknown {key} '{name}'; known: {', '.join(sorted(known))}")
+    check_logger_extras(cfg.logger)
     unknown = [s for s in cfg.stages if s not in STAGES]
     if unknown:
         raise ConfigError(f"unknown stage(s) {', '.join(map(repr, unknown))} in stages; known (in the order they "
                           f"run): {', '.join(STAGES)}")
 
 
+def method_label(cfg: DictConfig, choices: dict[str, Any]) -> str:
+    """The method's name in reports: pruner.label, else the chosen pruner option (e.g. cts_kl)."""
+    return str(OmegaConf.select(cfg, "pruner.label") or choices.get("pruner") or cfg.pruner.name)
+
+
 def compose(*overrides: str) -> Config:
     """Compose conf/config.yaml with overrides as `ltsearch run` does, and validate it (no run directory,
     no logging setup, no multirun)."""
+    return compose_labelled(*overrides)[0]
+
+
+def compose_labelled(*overrides: str) -> tuple[Config, str]:
+    """`compose`, and the method's name as `ltsearch run` would record it (see `method_label`). Hydra's
+    composition errors (an unknown option or key) become one-line `ConfigError`s."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
+    from hydra.errors import HydraException
 
     register_configs()
-    with initialize_config_module(config_module="ltsearch.conf", version_base="1.3"):
-        cfg = hydra_compose(config_name="config", overrides=list(overrides))
-    return to_config(cfg)
+    try:
+        with initialize_config_module(config_module="ltsearch.conf", version_base="1.3"):
+            cfg = hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise ConfigError(f"invalid config: {_first_line(exc)}") from exc
+    choices = dict(cfg.hydra.runtime.choices)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return to_config(cfg), method_label(cfg, choices)

@@ -68,6 +68,16 @@ class SanityVariant(str, Enum):
     random = "random"
 
 
+class Verbosity(str, Enum):
+    """What the console shows: quiet (warnings, errors and one closing line), normal (the run directory,
+    progress bars, one line per finished stage, the summary), verbose (also every epoch and detail line).
+    run.log always gets everything."""
+
+    quiet = "quiet"
+    normal = "normal"
+    verbose = "verbose"
+
+
 class LayerCollapse(str, Enum):
     """What the search stage does when a mask leaves a layer with no weight at all (the network is cut)."""
 
@@ -208,6 +218,7 @@ class RuntimeConfig:
     threads: int = 0
     deterministic: bool = True
     progress: bool = True
+    verbosity: Verbosity = Verbosity.normal  # `ltsearch run -q` / `-v` set it
     checkpoint_every: int = 1
     keep_checkpoints: int = 2
     data_on_device: str = "auto"
@@ -237,6 +248,49 @@ class RuntimeConfig:
 
 
 @dataclass
+class TensorBoardConfig:
+    """TensorBoard event files under RUN_DIR/<dir> (`logger=tensorboard`)."""
+
+    enabled: bool = False
+    dir: str = "tensorboard"
+
+
+@dataclass
+class WandbConfig:
+    """Weights & Biases (`logger=wandb`, the `wandb` extra). `mode`: offline (files under RUN_DIR/wandb, sync
+    later with `wandb sync`), online, or disabled."""
+
+    enabled: bool = False
+    project: str = "ltsearch"
+    entity: str = ""
+    mode: str = "offline"
+    tags: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        _require(self.mode in ("offline", "online", "disabled"),
+                 f"logger.wandb.mode must be offline, online or disabled, got '{self.mode}'")
+
+
+@dataclass
+class MLflowConfig:
+    """MLflow (`logger=mlflow`, the `mlflow` extra). `tracking_uri` "" = a local store, RUN_DIR/mlflow.db."""
+
+    enabled: bool = False
+    tracking_uri: str = ""
+    experiment: str = "ltsearch"
+
+
+@dataclass
+class LoggerConfig:
+    """Experiment loggers. RUN_DIR/metrics.csv is always written; the others are switched on by the
+    `logger` config group (`logger=tensorboard`, `logger=[tensorboard,mlflow]`) or `logger.<name>.enabled`."""
+
+    tensorboard: TensorBoardConfig = field(default_factory=TensorBoardConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    mlflow: MLflowConfig = field(default_factory=MLflowConfig)
+
+
+@dataclass
 class Config:
     """The whole experiment. `sparsity` is the fraction of prunable weights removed."""
 
@@ -252,6 +306,9 @@ class Config:
     sanity: SanityConfig = field(default_factory=SanityConfig)
     layer_collapse: LayerCollapse = LayerCollapse.warn
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    # The number `ltsearch run` returns to a Hydra sweeper (Optuna): a dotted key of results.json
+    sweep_metric: str = "test_acc"
 
     def __post_init__(self) -> None:
         _require(-(2**63) <= self.seed < 2**64, f"seed must be a 64-bit integer (from -2**63 to 2**64 - 1), "
@@ -269,8 +326,10 @@ class Config:
 
 
 # Keys that describe how (or from where) to run rather than what to compute; a resumed run may change them.
-# (layer_collapse only decides whether a run stops on a collapsed layer; it changes no number.)
-RUNTIME_KEYS = ("runtime", "stages", "dataset.root", "dataset.download", "layer_collapse")
+# (layer_collapse only decides whether a run stops on a collapsed layer, loggers only copy numbers elsewhere,
+# sweep_metric only picks one of them; none changes a number.)
+RUNTIME_KEYS = ("runtime", "stages", "dataset.root", "dataset.download", "layer_collapse", "logger",
+                "sweep_metric")
 
 
 def config_container(cfg: Config | DictConfig) -> dict[str, Any]:

@@ -56,22 +56,26 @@ def reused_work(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def cost_summary(run_dir: Path, stages: dict[str, dict[str, Any]], flops: dict[str, float], train_size: int,
-                 counted: tuple[str, ...]) -> dict[str, Any]:
-    """Per-stage cost, the run's total over `counted` stages, and the total including reused work."""
+                 ticket_stages: tuple[str, ...]) -> dict[str, Any]:
+    """Per-stage cost and its sums: `total` over every stage (what the run spent), `ticket` over
+    `ticket_stages` (finding and training the ticket, without the sanity checks), each also with the work
+    reused from the cache added (`*_with_reused`)."""
     epoch_flops = train_size * flops["train"]
     per_stage = {name: {"wall_time": info["wall_time"], **_units(info.get("compute", {}), flops, epoch_flops)}
                  for name, info in stages.items()}
-    spent = {"wall_time": sum(per_stage[s]["wall_time"] for s in counted if s in per_stage),
-             "flops": sum(per_stage[s]["flops"] for s in counted if s in per_stage)}
-    spent["epochs"] = spent["flops"] / epoch_flops if epoch_flops else 0.0
+
+    def over(names: list[str], extra: tuple[dict[str, Any], ...] = ()) -> dict[str, float]:
+        parts = [per_stage[s] for s in names] + list(extra)
+        summed = {"wall_time": sum(p.get("wall_time") or 0.0 for p in parts),
+                  "flops": sum(p.get("flops") or 0.0 for p in parts)}
+        return {**summed, "epochs": summed["flops"] / epoch_flops if epoch_flops else 0.0}
+
     reused = reused_work(run_dir)
-    reused_units = [_units(r.get("compute") or {}, flops, epoch_flops) for r in reused]
-    for entry, units in zip(reused, reused_units, strict=True):
+    for entry in reused:
+        units = _units(entry.get("compute") or {}, flops, epoch_flops)
         entry.update(flops=units["flops"], epochs=units["epochs"])
-    with_reused = {
-        "wall_time": spent["wall_time"] + sum(r.get("wall_time") or 0.0 for r in reused),
-        "flops": spent["flops"] + sum(u["flops"] for u in reused_units),
-    }
-    with_reused["epochs"] = with_reused["flops"] / epoch_flops if epoch_flops else 0.0
+    ticket = [s for s in per_stage if s in ticket_stages]
     return {"flops_per_sample": flops, "train_size": train_size, "dense_epoch_flops": epoch_flops,
-            "stages": per_stage, "total": spent, "reused": reused, "total_with_reused": with_reused}
+            "stages": per_stage, "total": over(list(per_stage)), "ticket": over(ticket), "reused": reused,
+            "total_with_reused": over(list(per_stage), tuple(reused)),
+            "ticket_with_reused": over(ticket, tuple(reused))}

@@ -5,6 +5,8 @@ A run folder:
     RUN_DIR/run.json                 the run's own record of its config, written once
     RUN_DIR/.lock                    held (flock) by the one process working on the run
     RUN_DIR/run.log                  the log of every session
+    RUN_DIR/metrics.csv              every number the run logged (loop, epoch, metric, value)
+    RUN_DIR/{tensorboard/,wandb/,mlflow.db}  the optional experiment loggers' files
     RUN_DIR/failed.json              the last session's failure (stage and error), removed by a clean finish
     RUN_DIR/data.json                the identity of the data the run was computed on (content, first root)
     RUN_DIR/<stage>/...              one folder per pipeline stage (search, rewind, retrain, sanity, evaluate)
@@ -16,8 +18,8 @@ Inside the stages: search/{pruning_point.pt, mask.pt, scores.pt, density.json, m
 pretrain/, cts/, level_NN/}, rewind/ticket.pt, retrain/{metrics.json, final.pt},
 sanity/{sanity.json, <variant>/{mask.pt, result.json}}, evaluate/results.json.
 
-A sweep folder adds summary.csv, summary_*.csv, summary.txt, the plots and `.summary.lock`. The artifact cache
-lives under `cache_root()/artifacts/<kind>/<key>/`, decoded image folders under `cache_root()`.
+A sweep folder adds summary.csv, summary_*.csv, summary.txt, the plots (PNG, PDF, SVG) and `.summary.lock`.
+The artifact cache lives under `cache_root()/artifacts/<kind>/<key>/`, decoded image folders under `cache_root()`.
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ from pathlib import Path
 RECORD = "run.json"
 LOCK = ".lock"
 LOG = "run.log"
+METRICS_CSV = "metrics.csv"  # every loop's per-epoch numbers, stage times and results, one row per number
+MLFLOW_DB = "mlflow.db"  # logger=mlflow: the local MLflow store
+MLFLOW_ARTIFACTS = "mlartifacts"  # logger=mlflow: its artifact folder
 FAILURE = "failed.json"
 DATA_RECORD = "data.json"
 HYDRA = ".hydra"
@@ -92,12 +97,21 @@ def job_folder(override_dirname: str) -> str:
 SUMMARY_LOCK = ".summary.lock"
 SUMMARY_CSV = "summary.csv"
 SUMMARY_TXT = "summary.txt"
-ACCURACY_PLOT = "accuracy_vs_sparsity.png"
-SANITY_PLOT = "sanity_margins.png"
+# plots: one file per format, named <stem>.<format>
+PLOT_FORMATS = ("png", "pdf", "svg")
+ACCURACY_PLOT = "accuracy_vs_sparsity"
+SANITY_PLOT = "sanity_margins"
+LAYER_PLOT = "layer_density_"
 
 
 def layer_plot(sparsity: float) -> str:
-    return f"layer_density_{sparsity:g}.png"
+    return f"{LAYER_PLOT}{sparsity:g}"
+
+
+def plot_files(folder: Path) -> list[Path]:
+    """Every plot a report wrote into `folder` (what a rebuilt report replaces)."""
+    stems = (ACCURACY_PLOT, SANITY_PLOT, f"{LAYER_PLOT}*")
+    return sorted(p for stem in stems for fmt in PLOT_FORMATS for p in Path(folder).glob(f"{stem}.{fmt}"))
 
 
 # -- readers of finished runs ------------------------------------------------------------------------------------

@@ -11,6 +11,10 @@ whose one-line message says how to resume), or a full or read-only disk (a `Stor
 In a run over several processes (`ltsearch.distributed`) every rank runs the stages; rank 0 alone holds the
 lock and checks the record (an error there stops every rank), and the ranks meet at every stage boundary,
 so that all of them see the same finished stages.
+
+Callbacks (the experiment loggers of `cfg.logger`, then the caller's) hear of the run's start, every epoch
+of every loop, every finished stage, the results and the end. The console gets the run directory, one line
+per stage, the summary and a closing line (see `ltsearch.runtime` for what each verbosity shows).
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ import logging
 import shlex
 import signal
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -32,11 +37,13 @@ from ltsearch.config import RUNTIME_KEYS, Config, config_container, schema_defau
 from ltsearch.context import RunContext
 from ltsearch.errors import ConfigError, Interrupted, ResumeError, StorageError
 from ltsearch.guards import refuse_foreign, refuse_links
+from ltsearch.loggers import build_loggers
 from ltsearch.paths import DATA_RECORD, EVALUATE, FAILURE, RECORD, RESULTS
 from ltsearch.rundir import RunLock, clear_failure, config_diff, read_record, write_failure, write_record
-from ltsearch.runtime import Runtime
+from ltsearch.runtime import CLOSING, CONSOLE, Runtime, duration
 from ltsearch.seeding import seed_everything
 from ltsearch.stages import STAGES, Stage
+from ltsearch.stages.evaluate import summary_table
 from ltsearch.storage import remove_stale_temporaries
 from ltsearch.training.loop import Callback
 
@@ -76,10 +83,11 @@ def check_world(cfg: Config) -> None:
 
 
 def run_pipeline(cfg: Config, run_dir: Path, overrides: list[str] | None = None, label: str = "",
-                 callbacks: tuple[Callback, ...] = ()) -> dict[str, Any]:
+                 callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
     """Run the selected stages of `cfg` in `run_dir`; return the results of the evaluate stage if it ran."""
     run_dir = Path(run_dir)
     lock = RunLock(run_dir)
+    started = time.perf_counter()
 
     def enter() -> None:  # rank 0's part (all of it on one process)
         check_world(cfg)
@@ -93,34 +101,83 @@ def run_pipeline(cfg: Config, run_dir: Path, overrides: list[str] | None = None,
     try:
         distributed.on_main(enter)
         seed_everything(cfg.seed)
+        hooks = (*build_loggers(cfg.logger), *callbacks)
         ctx = RunContext(cfg=cfg, run_dir=run_dir, runtime=Runtime.from_config(cfg.runtime), label=label,
-                         stage_names=tuple(STAGES), callbacks=callbacks)
-        current = None
+                         stage_names=tuple(STAGES), callbacks=hooks)
+        log.info("ltsearch: run directory %s", run_dir, extra=CONSOLE)
+        for hook in hooks:
+            hook.on_run_start(run_dir, config_container(cfg), label or cfg.pruner.name)
         try:
-            with _sigterm_interrupts():
-                for name in [s for s in STAGES if s in cfg.stages]:
-                    current = name
-                    _run_stage(ctx, name, STAGES[name])
-        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (see below)
-            term = isinstance(exc, Interrupted) and exc.exit_code == 143
-            stop = Interrupted(f"{'terminated (SIGTERM)' if term else 'interrupted (Ctrl-C)'} in stage {current}; "
-                               f"resume with: ltsearch resume {shlex.quote(str(run_dir))}", 143 if term else 130)
-            _record_failure(run_dir, current, stop)
-            raise stop from None
-        except OSError as exc:
-            _record_failure(run_dir, current, exc)
-            if exc.errno not in _STORAGE_ERRNOS:
-                raise
-            raise StorageError(f"{_storage_problem(exc)}; stage {current} stopped and continues where it stopped "
-                               f"once that is fixed: ltsearch resume {shlex.quote(str(run_dir))}") from exc
+            results = _run_stages(ctx)
         except BaseException as exc:
-            _record_failure(run_dir, current, exc)
+            _end(hooks, exc)
+            if not isinstance(exc, KeyboardInterrupt):  # an interruption says how to resume on its own
+                log.info("ltsearch: stopped after %s; what finished is kept in %s (ltsearch resume %s continues)",
+                         duration(time.perf_counter() - started), run_dir, shlex.quote(str(run_dir)),
+                         extra=CLOSING)
             raise
-        clear_failure(run_dir)
-        results = ctx.stage_dir(EVALUATE)
-        return results.load_json(RESULTS) if results.done else {}
+        _end(hooks, None)
+        if results:
+            ctx.runtime.show(summary_table(results))
+        log.info("%s", closing_line(cfg, run_dir, results, time.perf_counter() - started), extra=CLOSING)
+        return results
     finally:
         lock.release()
+
+
+def _run_stages(ctx: RunContext) -> dict[str, Any]:
+    """The selected stages in order, then the results to the callbacks; a stop of any kind is recorded in
+    failed.json first."""
+    run_dir, current, ran = ctx.run_dir, None, []
+    try:
+        with _sigterm_interrupts():
+            for name in [s for s in STAGES if s in ctx.cfg.stages]:
+                current = name
+                if _run_stage(ctx, name, STAGES[name]):
+                    ran.append(name)
+        results = ctx.stage_dir(EVALUATE)
+        results = results.load_json(RESULTS) if results.done else {}
+        for hook in ctx.callbacks if EVALUATE in ran else ():
+            hook.on_results(results)
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (see below)
+        term = isinstance(exc, Interrupted) and exc.exit_code == 143
+        stop = Interrupted(f"{'terminated (SIGTERM)' if term else 'interrupted (Ctrl-C)'} in stage {current}; "
+                           f"resume with: ltsearch resume {shlex.quote(str(run_dir))}", 143 if term else 130)
+        _record_failure(run_dir, current, stop)
+        raise stop from None
+    except OSError as exc:
+        _record_failure(run_dir, current, exc)
+        if exc.errno not in _STORAGE_ERRNOS:
+            raise
+        raise StorageError(f"{_storage_problem(exc)}; stage {current} stopped and continues where it stopped "
+                           f"once that is fixed: ltsearch resume {shlex.quote(str(run_dir))}") from exc
+    except BaseException as exc:
+        _record_failure(run_dir, current, exc)
+        raise
+    clear_failure(run_dir)
+    return results
+
+
+def _end(hooks: Sequence[Callback], error: BaseException | None) -> None:
+    """Every hook's on_run_end, even when one of them fails (the first failure is raised afterwards)."""
+    failure: BaseException | None = None
+    for hook in hooks:
+        try:
+            hook.on_run_end(error)
+        except Exception as exc:  # a logger that cannot close must not hide the others or the run's error
+            log.warning("%s could not finish: %s: %s", type(hook).__name__, type(exc).__name__, exc)
+            failure = failure or exc
+    if failure is not None and error is None:
+        raise failure
+
+
+def closing_line(cfg: Config, run_dir: Path, results: dict[str, Any], seconds: float) -> str:
+    if not results:
+        return f"ltsearch: finished {', '.join(s for s in STAGES if s in cfg.stages)} in {duration(seconds)}: {run_dir}"
+    density = results["density"]
+    return (f"ltsearch: {results['label']} at sparsity {results['sparsity']:g}: test accuracy "
+            f"{results['test_acc']:.4f}, {density['measured_kept']} of {density['prunable']} weights kept "
+            f"({duration(seconds)}): {run_dir}")
 
 
 # The filesystem's refusals: nothing wrong with the run, which continues once the storage takes writes again.
@@ -161,13 +218,14 @@ def _sigterm_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-def _run_stage(ctx: RunContext, name: str, stage: Stage) -> None:
+def _run_stage(ctx: RunContext, name: str, stage: Stage) -> bool:
+    """Run a stage unless it is complete; return whether it ran."""
     distributed.barrier()
     out = ctx.stage_dir(name)
     if out.done:
         out.check_complete()
-        log.info("stage %s: already complete, skipped", name)
-        return
+        log.info("stage %s: already complete, skipped", name, extra=CONSOLE)
+        return False
     for needed in stage.requires:
         if not ctx.stage_dir(needed).done:
             raise ConfigError(f"stage {name} needs the output of stage {needed}, which is not complete in "
@@ -176,4 +234,8 @@ def _run_stage(ctx: RunContext, name: str, stage: Stage) -> None:
     out.start()
     extra = stage.run(ctx, out) or {}
     info = out.mark_done(**extra)
-    log.info("stage %s: done in %.1fs", name, info["wall_time"])
+    summary = f" ({info['summary']})" if info.get("summary") else ""
+    log.info("stage %s: done in %s%s", name, duration(info["wall_time"]), summary, extra=CONSOLE)
+    for hook in ctx.callbacks:
+        hook.on_stage_end(name, info)
+    return True

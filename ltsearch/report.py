@@ -23,7 +23,6 @@ the same data frames, and the command that drives it.
 from __future__ import annotations
 
 import argparse
-import io
 import logging
 import math
 from dataclasses import dataclass, field
@@ -31,16 +30,15 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from rich.console import Console
 
 from ltsearch import plots
 from ltsearch.errors import LtsearchError
 from ltsearch.locks import is_held
 from ltsearch.paths import FAILURE, LOCK, RECORD, levels_file, results_file, sanity_file
-from ltsearch.runtime import console
+from ltsearch.runtime import write
 from ltsearch.stages import STAGES
 from ltsearch.storage import atomic_write, load_json
-from ltsearch.tables import model_label, runs_table, sanity_table, summary_table
+from ltsearch.tables import dataset_label, model_label, render_text, report_renderables, spaced
 
 STAGE_ORDER = tuple(STAGES)
 log = logging.getLogger(__name__)
@@ -83,7 +81,7 @@ def read_run(run_dir: Path) -> RunData:
     if record is not None:
         cfg = record["config"]
         ident = {"method": record.get("label") or cfg["pruner"]["name"], "model": model_label(cfg["model"]),
-                 "dataset": cfg["dataset"]["name"], "sparsity": float(cfg["sparsity"]), "seed": cfg["seed"],
+                 "dataset": dataset_label(cfg["dataset"]), "sparsity": float(cfg["sparsity"]), "seed": cfg["seed"],
                  "when": cfg["pruner"].get("when")}
     else:  # a job that failed before it wrote run.json (invalid config, ...): the sweep callback's record
         job = (failure or {}).get("job") or {}
@@ -95,12 +93,14 @@ def read_run(run_dir: Path) -> RunData:
         pp = (results.get("pruning_point") or {}).get("pruning_point") or {}
         times = results.get("wall_time", {})
         cost = results.get("cost") or {}
+        ticket_cost = cost.get("ticket_with_reused") or cost.get("total_with_reused") or {}
         row.update(status="done", test_acc=results["test_acc"], acc_before_retrain=pp.get("test_acc"),
                    density=results["density"]["target"], measured_density=results["density"]["measured"],
-                   **{f"time_{s}": times.get(s) for s in STAGE_ORDER}, total_time=times.get("total"),
+                   # the ticket's cost: every stage but the sanity checks (results written before "ticket"
+                   # existed called it "total")
+                   **{f"time_{s}": times.get(s) for s in STAGE_ORDER}, total_time=times.get("ticket", times.get("total")),
                    # hardware-independent: dense training epochs, including upstream work reused from the cache
-                   cost_epochs=(cost.get("total_with_reused") or {}).get("epochs"),
-                   cost_flops=(cost.get("total_with_reused") or {}).get("flops"))
+                   cost_epochs=ticket_cost.get("epochs"), cost_flops=ticket_cost.get("flops"))
         for i, (name, layer) in enumerate(results.get("layers", {}).items()):
             data.layers.append({**ident, "layer": name, "index": i, "density": layer["density"],
                                 "kept": layer["kept"], "total": layer["total"]})
@@ -238,24 +238,17 @@ def summarize_sanity(sanity_runs: pd.DataFrame) -> pd.DataFrame:
 
 
 # -- printing ----------------------------------------------------------------------------------------------------
-def print_report(report: Report, target: Console | None = None, runs: bool = True) -> None:
-    con = target or console()
-    if runs:
-        con.print(runs_table(report.runs, f"{len(report.runs)} run(s)"))
-    if not report.summary.empty:
-        con.print(summary_table(report.summary, STAGE_ORDER))
-    if not report.sanity.empty:
-        con.print(sanity_table(report.sanity, SEED_RULE))
-    failed = report.failed
-    if not failed.empty:
-        con.print(runs_table(failed[[c for c in ("method", "sparsity", "seed", "failed_stage", "error", "run")
-                                     if c in failed]], f"{len(failed)} failed run(s)"))
+def renderables(report: Report, root: Path | None = None) -> list[Any]:
+    return report_renderables(report.runs, report.summary, report.sanity, STAGE_ORDER, SEED_RULE, root)
 
 
-def report_text(report: Report, runs: bool = True) -> str:
-    buffer = io.StringIO()
-    print_report(report, Console(file=buffer, width=200, no_color=True, color_system=None), runs=runs)
-    return buffer.getvalue()
+def print_report(report: Report, root: Path | None = None) -> None:
+    for renderable in spaced(renderables(report, root)):
+        write(renderable, soft_wrap=isinstance(renderable, str))
+
+
+def report_text(report: Report, root: Path | None = None) -> str:
+    return render_text(renderables(report, root))
 
 
 # -- writing -----------------------------------------------------------------------------------------------------
@@ -265,7 +258,7 @@ def _csv(path: Path, df: pd.DataFrame) -> Path:
 
 
 def write_report(report: Report, csv: Path | None = None, plots_dir: Path | None = None,
-                 layers_at: float | None = None, text: Path | None = None) -> list[Path]:
+                 layers_at: float | None = None, text: Path | None = None, root: Path | None = None) -> list[Path]:
     """CSV files (summary at `csv`, runs and sanity beside it), plots into `plots_dir`; return the paths
     written."""
     written: list[Path] = []
@@ -277,7 +270,7 @@ def write_report(report: Report, csv: Path | None = None, plots_dir: Path | None
             written.append(_csv(csv.with_name(f"{csv.stem}_sanity.csv"), report.sanity))
             written.append(_csv(csv.with_name(f"{csv.stem}_sanity_runs.csv"), report.sanity_runs))
     if text is not None:
-        atomic_write(text, report_text(report).encode())
+        atomic_write(text, report_text(report, root or text.parent).encode())
         written.append(text)
     if plots_dir is not None:
         written += plots.write_plots(report.summary, report.levels, report.layers, report.sanity, plots_dir,
@@ -293,7 +286,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--csv", type=Path, help="write the summary table to this CSV file (per-run and "
                                                  "sanity tables go beside it as <name>_runs.csv, <name>_sanity.csv, "
                                                  "the printed tables as <name>.txt)")
-    parser.add_argument("--plots", type=Path, help="folder for the PNG plots (default: the folder of --csv, "
+    parser.add_argument("--plots", type=Path, help="folder for the plots, PNG, PDF and SVG (default: the folder of --csv, "
                                                    "else the first DIR)")
     parser.add_argument("--no-plots", action="store_true", help="write no plots")
     parser.add_argument("--layers-at", type=float, metavar="SPARSITY",
@@ -304,10 +297,11 @@ def main(argv: list[str]) -> int:
     report = build_report(args.dirs)
     if report.runs.empty:
         raise LtsearchError(f"no runs found below {', '.join(map(str, args.dirs))}")
-    print_report(report)
+    root = args.dirs[0] if args.dirs[0].is_dir() else args.dirs[0].parent  # run folders are shown relative to it
+    print_report(report, root)
     plots_dir = None if args.no_plots else (args.plots or (args.csv.parent if args.csv else args.dirs[0]))
     written = write_report(report, csv=args.csv, plots_dir=plots_dir, layers_at=args.layers_at,
-                           text=args.csv.with_suffix(".txt") if args.csv else None)
-    for path in written:
-        console().print(f"wrote {path}")
+                           text=args.csv.with_suffix(".txt") if args.csv else None, root=root)
+    for line in plots.describe_written(written):
+        write(line, soft_wrap=True)
     return 0

@@ -17,12 +17,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ltsearch import __version__, distributed
+from ltsearch import distributed
 from ltsearch.config import flatten
 from ltsearch.errors import ArtifactError, ResumeError, UnsafeArtifactError
 from ltsearch.locks import open_lock_file, try_lock, unlock
 from ltsearch.paths import CLOCK, FAILURE, LOCK, MARKER, RECORD
 from ltsearch.storage import load_json, load_torch, save_json, save_torch, sha256_file
+from ltsearch.version import __version__
 
 log = logging.getLogger(__name__)
 

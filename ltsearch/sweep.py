@@ -11,14 +11,15 @@ A job that failed before the pipeline could write its run record (an invalid con
 holds another config) gets a `failed.json` from here, with its overrides and error, so the summary lists it.
 
 Files in the sweep folder: summary.csv (method x sparsity), summary_runs.csv, summary_sanity.csv (when the
-sanity stage ran), summary.txt (the printed tables, failed jobs with their errors), and the PNG plots of
-`ltsearch.plots`.
+sanity stage ran), summary.txt (the printed tables, failed jobs with their errors), and the plots of
+`ltsearch.plots` (PNG, PDF, SVG).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +30,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from ltsearch import distributed, locks
 from ltsearch.paths import FAILURE, SUMMARY_CSV, SUMMARY_LOCK, SUMMARY_TXT
+from ltsearch.plots import describe_written
 from ltsearch.report import build_report, write_report
 from ltsearch.storage import load_json, save_json
-from ltsearch.tables import model_label
+from ltsearch.tables import dataset_label, model_label
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +58,13 @@ def _select(config: DictConfig, key: str) -> Any:
     return value if value is None or isinstance(value, str | int | float | bool) else str(value)
 
 
-def _model_label(config: DictConfig) -> str | None:
+def _label(config: DictConfig, section: str, name: Callable[[dict[str, Any]], str]) -> str | None:
+    """`name` of a config section (model_label, dataset_label); its `name` key when it does not resolve."""
     try:
-        model = OmegaConf.to_container(config.model, resolve=True)
-    except Exception:  # an invalid model section: fall back to whatever name it has
-        return _select(config, "model.name")
-    return model_label(model) if isinstance(model, dict) else None
+        node = OmegaConf.to_container(config[section], resolve=True)
+    except Exception:  # an invalid section: fall back to whatever name it has
+        return _select(config, f"{section}.name")
+    return name(node) if isinstance(node, dict) else None
 
 
 def record_failure(job_dir: Path, config: DictConfig, job_return: JobReturn, started: float) -> None:
@@ -77,8 +80,8 @@ def record_failure(job_dir: Path, config: DictConfig, job_return: JobReturn, sta
     text = f"{type(error).__name__}: {str(error).strip()}" if isinstance(error, BaseException) else str(error)
     job = {
         "method": _select(config, "pruner.label") or _select(config, "hydra.runtime.choices.pruner"),
-        "model": _model_label(config),
-        "dataset": _select(config, "dataset.name"),
+        "model": _label(config, "model", model_label),
+        "dataset": _label(config, "dataset", dataset_label),
         "sparsity": _select(config, "sparsity"),
         "seed": _select(config, "seed"),
         "when": _select(config, "pruner.when"),
@@ -117,7 +120,7 @@ class SweepSummary(Callback):
             return
         try:
             written = write_sweep_summary(Path(config.hydra.sweep.dir))
-            if written:
-                log.info("sweep summary: %s", ", ".join(str(p) for p in written))
+            for line in describe_written(written):
+                log.info("sweep summary: %s", line)
         except Exception as exc:
             log.warning("could not write the sweep summary: %s: %s", type(exc).__name__, exc)

@@ -58,6 +58,7 @@ from ltsearch.paths import (
     LOG,
     MARKER,
     METRICS,
+    METRICS_CSV,
     RECORD,
     TMP_MARK,
     results_file,
@@ -98,7 +99,8 @@ TINY = [
     "runtime.cache=false",  # resume is under test here, not reuse: both runs compute everything
     "stages=[search,rewind,retrain,evaluate]",
 ]
-NOT_ARTIFACTS = {LOCK, LOG}
+# append-only logs, not artifacts: a kill may cut their last line (run.log; metrics.csv, whose reader skips it)
+NOT_ARTIFACTS = {LOCK, LOG, METRICS_CSV}
 TIME_KEYS = re.compile(r"^(time|wall_time|elapsed|finished|created|seconds|.*_time|.*_seconds)$")
 
 

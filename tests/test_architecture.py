@@ -44,7 +44,8 @@ def imports_of(name: str) -> set[str]:
                 base = ".".join(base[: len(base) - node.level + 1] + ([node.module] if node.module else []))
             else:
                 base = node.module or ""
-            candidates = [base] + [f"{base}.{a.name}" for a in node.names]
+            # `from ltsearch import plots` imports the module ltsearch.plots; `from x import name` imports x
+            candidates = [f"{base}.{a.name}" if f"{base}.{a.name}" in MODULES else base for a in node.names]
         else:
             continue
         for candidate in candidates:

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from ltsearch.report import build_report, main, seed_verdict
+from ltsearch.report import build_report, main, report_text, seed_verdict
 from ltsearch.sweep import write_sweep_summary
-from ltsearch.tables import model_label
+from ltsearch.tables import dataset_label, model_label
 from tests.conftest import run_cli
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -107,11 +108,21 @@ def test_models_that_share_a_builder_are_reported_apart(tmp_path):
             fake_run(tmp_path, "ltr", 0.9, seed, acc,
                      model={"name": "resnet_cifar", "depth": depth, "width": 16, "shortcut": "conv1x1"})
     summary = build_report([tmp_path]).summary.set_index("model")
-    assert summary.loc["resnet_cifar20 w16", "test_acc_mean"] == pytest.approx(0.9)
-    assert summary.loc["resnet_cifar32 w16", "test_acc_mean"] == pytest.approx(0.8)
-    assert model_label({"name": "mlp", "hidden": [300, 100], "depth": 0, "width": 0}) == "mlp-300-100"
+    assert summary.loc["ResNet-20", "test_acc_mean"] == pytest.approx(0.9)
+    assert summary.loc["ResNet-32", "test_acc_mean"] == pytest.approx(0.8)
+
+
+def test_models_and_datasets_have_the_names_papers_use():
+    assert model_label({"name": "mlp", "hidden": [300, 100], "depth": 0, "width": 0}) == "LeNet-300-100"
+    assert model_label({"name": "mlp", "hidden": [256, 256]}) == "MLP-256-256"
     assert model_label({"name": "resnet_cifar", "depth": 20, "width": 16, "shortcut": "conv3x3"}) == \
-        "resnet_cifar20 w16 conv3x3 shortcuts"
+        "ResNet-20 conv3x3 shortcuts"
+    assert model_label({"name": "resnet_cifar", "depth": 56, "width": 32, "shortcut": "conv1x1"}) == "ResNet-56 w32"
+    assert model_label({"name": "vgg", "depth": 16}) == "VGG-16"
+    assert model_label({"name": "conv4"}) == "Conv-4"
+    assert model_label({"name": "custom", "_target_": "torchvision.models.resnet18"}) == "resnet18 (torchvision)"
+    assert dataset_label({"name": "cifar10", "root": "x"}) == "CIFAR-10"
+    assert dataset_label({"name": "imagefolder", "root": "../data/cifar10-jpeg.tar.gz"}) == "cifar10-jpeg"
 
 
 def test_sanity_verdicts_across_seeds(sweep):
@@ -150,8 +161,10 @@ def test_report_writes_csv_and_plots(sweep, tmp_path, capsys):
     out = tmp_path / "out"
     assert main([str(sweep), "--csv", str(out / "table.csv"), "--layers-at", "0.99"]) == 0
     assert "sanity checks" in capsys.readouterr().out
-    printed = (out / "table.txt").read_text()  # the printed tables, at full width
-    assert "0.9650 ± 0.0071" in printed and "2 failed run(s)" in printed and "FAIL" in printed
+    printed = (out / "table.txt").read_text()  # the printed tables
+    assert "0.9650±0.0071" in printed and "3 run(s) not done" in printed and "FAIL" in printed
+    assert "failed in retrain: pruner=snip,seed=1,sparsity=0.99: DivergenceError" in printed
+    assert str(sweep) not in printed  # run folders relative to the report's DIR
     summary = pd.read_csv(out / "table.csv")
     assert {"method", "sparsity", "test_acc_mean", "test_acc_std", "acc_before_retrain_mean",
             "measured_density", "time_search_s", "total_time_s", "n_failed"} <= set(summary.columns)
@@ -179,7 +192,7 @@ def test_sweep_summary_files(sweep):
     assert {"summary.csv", "summary_runs.csv", "summary_sanity.csv", "summary.txt",
             "accuracy_vs_sparsity.png"} <= names
     text = (sweep / "summary.txt").read_text()
-    assert "2 failed run(s)" in text and "sparsity must be in [0, 1)" in text
+    assert "2 failed" in text and "sparsity must be in [0, 1)" in text
     assert "2 * std / sqrt(n)" in text.replace("\n", " ")
 
 
@@ -193,3 +206,37 @@ def test_cli_report_on_a_single_run(sweep, tmp_path):
 
     with pytest.raises(LtsearchError, match="does not exist"):
         main([str(tmp_path / "nothing-here")])
+
+
+# -- figures and tables a paper can use --------------------------------------------------------------------------
+def test_plots_come_in_three_formats_with_a_dense_reference_and_stale_ones_go(sweep, tmp_path):
+    fake_run(sweep, "dense", 0.0, 0, 0.985)
+    out = tmp_path / "plots"
+    assert main([str(sweep), "--plots", str(out), "--layers-at", "0.9", "--no-plots"]) == 0
+    assert not out.exists()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no matplotlib warning (also not on a single point per method)
+        assert main([str(sweep), "--plots", str(out), "--layers-at", "0.9"]) == 0
+    for stem in ("accuracy_vs_sparsity", "layer_density_0.9", "sanity_margins"):
+        assert _is_png(out / f"{stem}.png")
+        assert (out / f"{stem}.pdf").read_bytes().startswith(b"%PDF")
+        assert b"<svg" in (out / f"{stem}.svg").read_bytes()[:500]
+    accuracy = (out / "accuracy_vs_sparsity.svg").read_text()
+    assert "dense (all weights): 0.9850" in accuracy  # the dense network as a reference line
+    assert ">10%<" in accuracy and ">1%<" in accuracy  # a tick at every density of the grid
+    assert "lenet on MNIST" in accuracy
+    layers = (out / "layer_density_0.9.svg").read_text()
+    assert "1K" in layers and "300" in layers  # layer sizes under the layer names
+    main([str(sweep), "--plots", str(out), "--layers-at", "0.99"])  # rebuilt: the 0.9 figure is stale
+    assert not list(out.glob("layer_density_0.9.*")) and len(list(out.glob("layer_density_0.99.*"))) == 3
+
+
+def test_tables_stay_readable_at_100_columns(sweep):
+    text = report_text(build_report([sweep]), sweep)
+    assert max(len(line) for line in text.splitlines()) <= 100
+    for title, rows in (("accuracy by method", 5), ("time and compute", 5), ("sanity checks", 9)):
+        body = text.split(title, 1)[1].split("\n")
+        start = next(i for i, line in enumerate(body) if line.startswith("───")) + 1
+        # every row on one line: the next `rows` lines all start with a method name
+        assert all(line.split()[0] in ("ltr", "snip", "MNIST", "mnist") for line in body[start:start + rows]), \
+            "\n".join(body[:start + rows])

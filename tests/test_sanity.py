@@ -50,9 +50,16 @@ def test_sanity_json_verdicts_and_rule(init_run):
         assert v["skipped_reason"] is None and v["definition"]
         assert not (run_dir / "sanity" / name / "checkpoints").exists()  # removed once the variant is done
     assert results["sanity"] == summary  # results.json carries the verdicts
-    assert "sanity" in results["wall_time"]
-    assert results["wall_time"]["total"] == pytest.approx(
-        sum(results["wall_time"][s] for s in ("search", "rewind", "retrain", "evaluate")), abs=1e-3)
+    # totals add up: the ticket's cost leaves the sanity checks out, the total counts every stage
+    stages = ("search", "rewind", "retrain", "sanity", "evaluate")
+    assert set(results["wall_time"]) == {*stages, "ticket", "total"}
+    assert results["wall_time"]["total"] == pytest.approx(sum(results["wall_time"][s] for s in stages), abs=1e-9)
+    assert results["wall_time"]["ticket"] == pytest.approx(
+        results["wall_time"]["total"] - results["wall_time"]["sanity"], abs=1e-9)
+    cost = results["cost"]
+    assert cost["total"]["flops"] == pytest.approx(sum(cost["stages"][s]["flops"] for s in stages))
+    assert cost["ticket"]["flops"] == pytest.approx(cost["total"]["flops"] - cost["stages"]["sanity"]["flops"])
+    assert cost["total"]["wall_time"] == pytest.approx(results["wall_time"]["total"])
 
 
 def test_variant_masks_keep_their_properties(init_run):

@@ -35,7 +35,7 @@ def test_multirun_summary_with_a_failed_job_and_relaunch_resumes(tmp_path):
                    cwd=tmp_path)
     assert proc.returncode == 1, proc.stderr[-2000:]  # Hydra exits 1 when a job failed ...
     summary = (sweep / "summary.txt").read_text()  # ... and the summary is written all the same
-    assert "2 failed run(s)" in summary and "sparsity must be in [0, 1)" in summary
+    assert "4 run(s): 2 done, 2 failed" in summary and "sparsity must be in [0, 1)" in summary
     runs = {r["run"]: r for r in _csv_rows(sweep / "summary_runs.csv")}
     assert sorted(r["status"] for r in runs.values()) == ["done", "done", "failed", "failed"]
     assert len(_csv_rows(sweep / "summary_sanity.csv")) == 2

@@ -1,21 +1,25 @@
 """Model registry: `model.name` -> builder(cfg, input_shape, num_classes) -> nn.Module.
 
-Weights are initialised from a generator seeded by the run seed (`init_model`), never from leftover
-global RNG state, so the same seed gives the same w0 in every process.
+Weights are initialised from a generator seeded by the run seed (`init_weights` under a seeded RNG), never
+from leftover global RNG state, so the same seed gives the same w0 in every process. `model=custom` builds
+any importable constructor (`ltsearch.models.custom`) and keeps that constructor's own initialisation.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
 from ltsearch.config import ModelConfig
 from ltsearch.errors import ConfigError
 from ltsearch.models.cnn1d import build_cnn1d
 from ltsearch.models.convnet import build_convnet
+from ltsearch.models.custom import CUSTOM, CustomModelConfig, build_custom
 from ltsearch.models.mlp import build_mlp
 from ltsearch.models.resnet import build_resnet18, build_resnet_cifar
 from ltsearch.models.torchvision_resnet import build_torchvision_resnet
@@ -34,7 +38,10 @@ MODELS: dict[str, Builder] = {
     "resnet18": build_resnet18,
     "torchvision_resnet": build_torchvision_resnet,
     "vgg": build_vgg,
+    CUSTOM: build_custom,
 }
+# builders whose networks keep their own initialisation instead of `init_weights`
+OWN_INIT = frozenset({CUSTOM})
 
 
 def init_weights(model: nn.Module) -> None:
@@ -58,17 +65,27 @@ def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int
         warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
         torch.manual_seed(derive_seed(seed, "init"))
         model = MODELS[cfg.name](cfg, tuple(input_shape), num_classes)
-        init_weights(model)
-    _check_shapes(model, cfg.name, input_shape, num_classes)
+        if cfg.name not in OWN_INIT:
+            init_weights(model)
+    check_shapes(model, cfg.name, input_shape, num_classes)
     return model
 
 
-def _check_shapes(model: nn.Module, name: str, input_shape: tuple[int, ...], num_classes: int) -> None:
+def model_config(container: dict[str, Any]) -> ModelConfig:
+    """The typed model config of a recorded (plain dict) one, with the schema its builder uses."""
+    schema = CustomModelConfig if container.get("name") == CUSTOM else ModelConfig
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), container))  # type: ignore[return-value]
+
+
+def check_shapes(model: nn.Module, name: str, input_shape: tuple[int, ...], num_classes: int,
+                 device: torch.device | None = None) -> None:
+    """One forward pass of two zero inputs: the model must take the data's inputs and give one logit per
+    class (a ConfigError names the mismatch)."""
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            out = model(torch.zeros(2, *input_shape))
+            out = model(torch.zeros(2, *input_shape, device=device))
     except RuntimeError as exc:
         raise ConfigError(
             f"model '{name}' does not accept inputs of shape {tuple(input_shape)} from this dataset "

@@ -29,7 +29,8 @@ from ltsearch.paths import (
     TICKET,
 )
 from ltsearch.rundir import ArtifactDir
-from ltsearch.runtime import console
+from ltsearch.runtime import duration
+from ltsearch.stages.sanity import verdict_line
 from ltsearch.training.evaluate import evaluate
 
 log = logging.getLogger(__name__)
@@ -45,14 +46,14 @@ def run(ctx: RunContext, out: ArtifactDir) -> dict[str, Any]:
     sanity = ctx.stage_dir(SANITY)
     total_params = sum(p.numel() for p in model.parameters())
     done = {s: ctx.stage_dir(s).info() for s in ctx.stage_names if ctx.stage_dir(s).done}
-    times = {s: info["wall_time"] for s, info in done.items()}
-    # the cost of finding and training the ticket; the sanity checks are listed, not counted
-    counted = tuple(s for s in ctx.stage_names if s != SANITY)
+    # "ticket": the cost of finding and training the ticket (every stage but the sanity checks); "total": all
+    ticket_stages = tuple(s for s in ctx.stage_names if s != SANITY)
     elapsed = out.elapsed()  # this stage's time up to the record (writing it is not counted)
     stages = {**done, EVALUATE: {"wall_time": elapsed, "compute": dict(out.compute)}}
+    times = {s: info["wall_time"] for s, info in stages.items()}
     cost = cost_summary(ctx.run_dir, stages, flops_per_sample(ctx.new_model(), ctx.data.input_shape,
                                                              ctx.runtime.device),
-                        ctx.data.train_size, counted)
+                        ctx.data.train_size, ticket_stages)
     results = {
         "label": ctx.label or ctx.cfg.pruner.name,
         "pruner": ctx.cfg.pruner.name,
@@ -75,19 +76,23 @@ def run(ctx: RunContext, out: ArtifactDir) -> dict[str, Any]:
                        "nonzero_prunable": measured["kept"],
                        "unprunable": total_params - measured["total"]},
         "pruning_point": search.load_json(METRICS) if search.done else None,
-        # total = the cost of finding and training the ticket; the sanity checks are listed, not counted.
-        "wall_time": {**times, EVALUATE: elapsed,
-                      "total": sum(t for s, t in times.items() if s != SANITY) + elapsed},
+        "wall_time": {**times, "ticket": sum(t for s, t in times.items() if s in ticket_stages),
+                      "total": sum(times.values())},
         "sanity": sanity.load_json(SANITY_SUMMARY) if sanity.done else None,
         "cost": cost,
         "config": config_container(ctx.cfg),
     }
     out.save_json(RESULTS, results)
-    print_summary(results)
-    return {"test_acc": test["acc"]}
+    return {"test_acc": test["acc"], "summary": f"test accuracy {test['acc']:.4f}"}
 
 
-def print_summary(results: dict[str, Any]) -> None:
+def _seconds(times: dict[str, float]) -> str:
+    return ", ".join(f"{stage} {duration(seconds)}" for stage, seconds in times.items())
+
+
+def summary_table(results: dict[str, Any]) -> Table:
+    """The closing summary: accuracy, density, sanity verdicts, and time and compute per stage with totals
+    that add up (the ticket's cost, then the sanity checks, then everything)."""
     density = results["density"]
     table = Table(title=f"ltsearch: {results['label']} at sparsity {results['sparsity']}", show_header=False)
     table.add_row("test accuracy", f"{results['test_acc']:.4f}  (loss {results['test_loss']:.4f}, "
@@ -102,13 +107,29 @@ def print_summary(results: dict[str, Any]) -> None:
                               f"{density['prunable']})")
     if results["collapsed_layers"]:
         table.add_row("layer collapse", ", ".join(results["collapsed_layers"]))
-    times = results["wall_time"]
-    table.add_row("wall time", ", ".join(f"{k} {v:.1f}s" for k, v in times.items()))
+    sanity = results.get("sanity")
+    if sanity:
+        table.add_row("sanity checks", verdict_line(sanity))
+    times = {k: v for k, v in results["wall_time"].items() if k not in ("ticket", "total")}
+    ticket = {k: v for k, v in times.items() if k != SANITY}
+    line = f"{_seconds(ticket)}: {duration(results['wall_time']['ticket'])} for the ticket"
+    if SANITY in times:
+        line += f"; sanity {duration(times[SANITY])}; total {duration(results['wall_time']['total'])}"
+    table.add_row("wall time", line)
     cost = results.get("cost")
     if cost:
-        line = f"{cost['total']['epochs']:.2f} dense training epochs ({cost['total']['flops'] / 1e12:.3g} TFLOP)"
-        if cost["reused"]:
-            line += (f"; {cost['total_with_reused']['epochs']:.2f} including work reused from the cache "
-                     f"({', '.join(r['stage'] for r in cost['reused'])})")
-        table.add_row("compute", line)
-    console().print(table)
+        table.add_row("compute", _compute_line(cost))
+    return table
+
+
+def _compute_line(cost: dict[str, Any]) -> str:
+    """Dense training epochs: the ticket's, the sanity checks', the total; then with reused work."""
+    line = f"{cost['ticket']['epochs']:.2f} dense training epochs for the ticket"
+    sanity = cost["stages"].get(SANITY)
+    if sanity is not None:
+        line += f" + {sanity['epochs']:.2f} for the sanity checks = {cost['total']['epochs']:.2f}"
+    line += f" ({cost['total']['flops'] / 1e12:.3g} TFLOP)"
+    if cost["reused"]:
+        line += (f"; the ticket {cost['ticket_with_reused']['epochs']:.2f} including work reused from the cache "
+                 f"({', '.join(r['stage'] for r in cost['reused'])})")
+    return line

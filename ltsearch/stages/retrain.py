@@ -18,4 +18,5 @@ def run(ctx: RunContext, out: ArtifactDir) -> dict[str, Any]:
     history = ctx.train(model, "retrain", out, start_epoch=int(ticket["start_epoch"]))
     out.save_tensors(FINAL, {"state_dict": plain_state_dict(model), "masks": ticket["masks"]})
     last = history[-1] if history else {}
-    return {"epochs": len(history), "test_acc": last.get("test_acc")}
+    summary = f"test accuracy {last['test_acc']:.4f} at epoch {last['epoch']}" if "test_acc" in last else ""
+    return {"epochs": len(history), "test_acc": last.get("test_acc"), "summary": summary}

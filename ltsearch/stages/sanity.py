@@ -41,7 +41,7 @@ from rich.table import Table
 from torch import Tensor
 
 from ltsearch import distributed
-from ltsearch.config import SanityVariant, When
+from ltsearch.config import SanityVariant, Verbosity, When
 from ltsearch.context import RunContext
 from ltsearch.masking import Masks, count, plain_state_dict
 from ltsearch.paths import (
@@ -59,7 +59,6 @@ from ltsearch.paths import (
     VARIANT_RESULT,
 )
 from ltsearch.rundir import ArtifactDir
-from ltsearch.runtime import console
 from ltsearch.seeding import derive_seed, generator
 from ltsearch.training.evaluate import evaluate
 
@@ -242,11 +241,18 @@ def run(ctx: RunContext, out: ArtifactDir) -> dict[str, Any]:
         "variants": variants,
     }
     out.save_json(SANITY_SUMMARY, summary)
-    print_verdicts(summary)
-    return {"passed_all": summary["passed_all"]}
+    ctx.runtime.show(verdict_table(summary), at=Verbosity.verbose)
+    return {"passed_all": summary["passed_all"], "summary": verdict_line(summary)}
 
 
-def print_verdicts(summary: dict[str, Any]) -> None:
+def verdict_line(summary: dict[str, Any]) -> str:
+    """One line: each variant's margin and verdict (`shuffle +0.0180 pass, reinit skipped, ...`)."""
+    parts = [f"{name} skipped" if v["passed"] is None else f"{name} {v['margin']:+.4f} {'pass' if v['passed'] else 'FAIL'}"
+             for name, v in summary["variants"].items()]
+    return ", ".join(parts) or "no variant"
+
+
+def verdict_table(summary: dict[str, Any]) -> Table:
     table = Table(title=f"sanity checks: {summary['method']} at sparsity {summary['sparsity']}, "
                         f"ticket accuracy {summary['ticket_accuracy']:.4f}")
     for column in ("variant", "accuracy", "margin", "verdict"):
@@ -257,4 +263,4 @@ def print_verdicts(summary: dict[str, Any]) -> None:
         else:
             table.add_row(name, f"{v['accuracy']:.4f}", f"{v['margin']:+.4f}", "pass" if v["passed"] else "FAIL")
     table.caption = summary["rule"]
-    console().print(table)
+    return table

@@ -128,5 +128,8 @@ def run(ctx: RunContext, out: ArtifactDir) -> dict[str, Any]:
     out.save_json(DENSITY, report)
     check_collapse(ctx, report)
     fresh = ctx.model_with(out.load_tensors(PRUNING_POINT))
-    out.save_json(METRICS, {"pruner": result.info, "pruning_point": preservation(ctx, out, fresh, masks)})
-    return {"kept": report["kept"], "total": report["total"]}
+    kept = preservation(ctx, out, fresh, masks)
+    out.save_json(METRICS, {"pruner": result.info, "pruning_point": kept})
+    return {"kept": report["kept"], "total": report["total"],
+            "summary": f"{ctx.label or ctx.cfg.pruner.name}: {report['kept']} of {report['total']} weights kept, "
+                       f"test accuracy before retraining {kept['test_acc']:.4f}"}

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 from ltsearch import distributed
 from ltsearch.paths import CHECKPOINTS, METRICS
 from ltsearch.rundir import ArtifactDir
-from ltsearch.runtime import progress_bar
+from ltsearch.runtime import CONSOLE, progress_bar
 from ltsearch.storage import save_json
 from ltsearch.training.checkpoints import Checkpoints
 
@@ -43,10 +44,26 @@ class EpochTask(Protocol):
 
 
 class Callback:
-    """Hooks into a loop; override what you need."""
+    """Hooks into a run (experiment loggers, user code): every epoch of every loop the run trains or searches
+    with (`loop.out.label` names it: `search/pretrain`, `search/cts`, `retrain`, `sanity/shuffle`, ...),
+    every finished stage, the final results. Override what you need; the pipeline calls the run-level hooks,
+    a loop calls `on_epoch_end` (so a pruner used on its own, through the Python API, calls that one only)."""
+
+    def on_run_start(self, run_dir: Path, config: dict[str, Any], label: str) -> None:
+        """Before the first stage; `config` is the resolved config as a plain dict."""
 
     def on_epoch_end(self, loop: EpochLoop, record: Record) -> None:
-        pass
+        """After every epoch of a loop, with that epoch's record (also written to its metrics.json)."""
+
+    def on_stage_end(self, stage: str, info: dict[str, Any]) -> None:
+        """After a stage finished (`info`: its completion marker: wall time, compute, ...); not called for
+        stages skipped because an earlier session finished them."""
+
+    def on_results(self, results: dict[str, Any]) -> None:
+        """The evaluate stage's results.json, when that stage ran in this session."""
+
+    def on_run_end(self, error: BaseException | None) -> None:
+        """Last, also when a stage failed (`error`); close files and connections here."""
 
 
 class EpochLoop:
@@ -77,7 +94,8 @@ class EpochLoop:
         self.history = list(state["history"])
         if "clock" in state:
             self.out.restore_clock(state["clock"])
-        log.info("%s: resuming at epoch %d/%d from a checkpoint", self.out.label, state["epoch"], self.end_epoch)
+        log.info("%s: resuming at epoch %d/%d from a checkpoint", self.out.label, state["epoch"], self.end_epoch,
+                 extra=CONSOLE)
         return int(state["epoch"])
 
     def run(self, task: EpochTask) -> list[Record]:

@@ -1,0 +1,98 @@
+"""`model=custom`: any importable constructor as the network (torchvision through the CLI, the user's own
+module with arguments from the command line), its own seeded initialisation, the usual prunable rule with
+`model.exclude` globs, tickets that load back into the library's class, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import ltsearch
+from ltsearch.errors import ConfigError
+from ltsearch.masking import prunable_modules
+from ltsearch.models import build_model
+from tests.conftest import make_config, run_cli
+
+TORCHVISION = ["model=custom", "model._target_=torchvision.models.resnet18"]
+IMAGES = ["dataset=fake", "dataset.shape=[3,32,32]", "dataset.num_classes=4", "dataset.train_size=64",
+          "dataset.test_size=32"]
+SMALL_IMAGES = [*IMAGES, "dataset.shape=[3,8,8]"]  # ResNet-18 pools 8x8 down to 1x1: a cheap CPU test
+FAST = ["train=tiny", "train.epochs=2", "train.batch_size=32", "runtime.progress=false", "runtime.threads=1"]
+
+OWN_MODULE = '''
+from torch import nn
+
+
+class TinyNet(nn.Module):
+    def __init__(self, width: int = 4, num_classes: int = 10, act: str = "relu"):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2))
+        self.head = nn.Linear(4 * width, num_classes)
+
+    def forward(self, x):
+        return self.head(self.features(x).flatten(1))
+'''
+
+
+def test_a_torchvision_resnet_through_the_cli_moves_back_into_torchvision(tmp_path):
+    torchvision = pytest.importorskip("torchvision")
+    run_dir = tmp_path / "run"
+    proc = run_cli("run", *TORCHVISION, "model.exclude=[fc.weight,conv1.weight]", *SMALL_IMAGES, *FAST,
+                   "pruner=magnitude", "sparsity=0.9", "stages=[search,rewind]", f"hydra.run.dir={run_dir}",
+                   cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    density = json.loads((run_dir / "search" / "density.json").read_text())
+    names = set(density["layers"])
+    assert "layer1.0.conv1.weight" in names and "layer4.0.downsample.0.weight" in names  # torchvision's names
+    assert "fc.weight" not in names and "conv1.weight" not in names  # excluded by glob
+    assert density["kept"] == int(0.1 * density["total"])
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["config"]["model"]["_target_"] == "torchvision.models.resnet18"
+    # the ticket loads into torchvision's own class: tickets move between ltsearch and torchvision
+    net = ltsearch.load_ticket(run_dir, torchvision.models.resnet18(num_classes=4))
+    assert int((net.layer1[0].conv1.weight != 0).sum()) == density["layers"]["layer1.0.conv1.weight"]["kept"]
+    assert type(ltsearch.load_ticket(run_dir)).__module__.startswith("torchvision")  # built from the record
+
+
+def test_the_users_own_module_with_arguments_from_the_command_line(tmp_path):
+    (tmp_path / "mynets.py").write_text(OWN_MODULE)
+    run_dir = tmp_path / "run"
+    proc = run_cli("run", "model=custom", "model._target_=mynets.TinyNet", "+model.args.width=6",
+                   "+model.args.act=relu", *IMAGES, *FAST, "pruner=random", "stages=[search]",
+                   f"hydra.run.dir={run_dir}", cwd=tmp_path)  # importable from the working directory
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    density = json.loads((run_dir / "search" / "density.json").read_text())
+    assert density["layers"]["features.0.weight"]["shape"] == [6, 3, 3, 3]  # width=6 reached the constructor
+    assert density["layers"]["head.weight"]["shape"] == [4, 24]  # num_classes from the dataset
+
+
+def test_the_constructor_keeps_its_own_initialisation_under_the_seed():
+    torchvision = pytest.importorskip("torchvision")
+    from ltsearch.seeding import derive_seed
+
+    cfg = make_config(*TORCHVISION, *IMAGES)
+    a, b = (build_model(cfg.model, (3, 32, 32), 4, seed=0) for _ in range(2))
+    c = build_model(cfg.model, (3, 32, 32), 4, seed=1)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+    assert not torch.equal(a.conv1.weight, c.conv1.weight)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(0, "init"))
+        own = torchvision.models.resnet18(num_classes=4)  # torchvision's initialisation, under the run's seed
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), own.state_dict().values(), strict=True))
+    convs = {f"{n}.weight" for n, m in a.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    assert set(prunable_modules(a, ["fc.weight"])) == convs  # conv and linear weights, minus the exclusions
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["model=custom"], "model=custom needs model._target_=<module>.<callable>"),
+    (["model=custom", "model._target_=no_such_package.Net"], "no such module or attribute"),
+    (["model=custom", "model._target_=torchvision.models.resnet18", "+model.args.depth=3"],
+     "unexpected keyword argument 'depth'"),
+    (["model=custom", "model._target_=torch.zeros"], "is not callable|not a torch.nn.Module|failed"),
+])
+def test_bad_targets_are_one_clear_error(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        cfg = make_config(*overrides, *IMAGES)
+        build_model(cfg.model, (3, 32, 32), 4, seed=0)
