@@ -16,7 +16,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from ltsearch import distributed
+import ltsearch.distributed as distributed
 from ltsearch.compose import method_label, register_configs, to_config
 from ltsearch.config import flatten
 from ltsearch.errors import ConfigError

@@ -37,7 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from ltsearch import distributed, locks
+import ltsearch.distributed as distributed
+import ltsearch.locks as locks
 from ltsearch.errors import ArtifactError, UnsafePathError
 from ltsearch.paths import CACHE_SPEC, MARKER, TMP_MARK
 from ltsearch.rundir import ArtifactDir

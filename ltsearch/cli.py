@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ltsearch import distributed
+import ltsearch.distributed as distributed
 from ltsearch.errors import Interrupted, LtsearchError
 from ltsearch.overrides import (
     check_group_overrides,

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ltsearch import distributed
+import ltsearch.distributed as distributed
 from ltsearch.cache import ArtifactCache
 from ltsearch.config import Config, When, config_container
 from ltsearch.data import Data, ImageFolderData, build_data

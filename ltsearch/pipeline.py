@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from ltsearch import distributed
+import ltsearch.distributed as distributed
 from ltsearch.config import RUNTIME_KEYS, Config, config_container, schema_defaults
 from ltsearch.context import RunContext
 from ltsearch.errors import ConfigError, Interrupted, ResumeError, StorageError

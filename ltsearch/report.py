@@ -31,7 +31,7 @@ from typing import Any
 
 import pandas as pd
 
-from ltsearch import plots
+import ltsearch.plots as plots
 from ltsearch.errors import LtsearchError
 from ltsearch.locks import is_held
 from ltsearch.paths import FAILURE, LOCK, RECORD, levels_file, results_file, sanity_file

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ltsearch import distributed
+import ltsearch.distributed as distributed
 from ltsearch.config import flatten
 from ltsearch.errors import ArtifactError, ResumeError, UnsafeArtifactError
 from ltsearch.locks import open_lock_file, try_lock, unlock

@@ -23,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.text import Text
 from torch import nn
 
-from ltsearch import distributed
+import ltsearch.distributed as distributed
 from ltsearch.config import Precision, RuntimeConfig, Verbosity
 from ltsearch.errors import ConfigError
 

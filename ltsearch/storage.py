@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from ltsearch import distributed
+import ltsearch.distributed as distributed
 from ltsearch.errors import ArtifactError, UnsafeArtifactError
 from ltsearch.paths import TMP_MARK
 

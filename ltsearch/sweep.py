@@ -28,7 +28,8 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from ltsearch import distributed, locks
+import ltsearch.distributed as distributed
+import ltsearch.locks as locks
 from ltsearch.paths import FAILURE, SUMMARY_CSV, SUMMARY_LOCK, SUMMARY_TXT
 from ltsearch.plots import describe_written
 from ltsearch.report import build_report, write_report

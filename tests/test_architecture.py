@@ -44,8 +44,8 @@ def imports_of(name: str) -> set[str]:
                 base = ".".join(base[: len(base) - node.level + 1] + ([node.module] if node.module else []))
             else:
                 base = node.module or ""
-            # `from ltsearch import plots` imports the module ltsearch.plots; `from x import name` imports x
-            candidates = [f"{base}.{a.name}" if f"{base}.{a.name}" in MODULES else base for a in node.names]
+            # `from x import name` runs x (a package's __init__ too) and, when x.name is a module, x.name
+            candidates = [base, *(f"{base}.{a.name}" for a in node.names)]
         else:
             continue
         for candidate in candidates:

@@ -36,7 +36,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, default_collate
 from torchvision.transforms import v2
 
-from ltsearch import distributed
+import ltsearch.distributed as distributed
 from ltsearch.config import DatasetConfig, RuntimeConfig
 from ltsearch.data.common import sample_indices, to_inputs
 from ltsearch.data.folders import Split, available_memory, decoded_bytes, identity, scan, subset

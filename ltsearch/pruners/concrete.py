@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from ltsearch import distributed
+import ltsearch.distributed as distributed
 from ltsearch.data import Data
 from ltsearch.objectives import MaskedNetwork, Objective
 from ltsearch.seeding import generator

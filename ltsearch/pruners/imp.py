@@ -33,7 +33,7 @@ from typing import Any
 
 from torch import Tensor
 
-from ltsearch import distributed
+import ltsearch.distributed as distributed
 from ltsearch.config import When
 from ltsearch.masking import Masks, attach_masks, count, full_masks, keep_count, plain_state_dict, topk_masks
 from ltsearch.paths import CHECKPOINTS, LEVELS, MASK, WEIGHTS, imp_level

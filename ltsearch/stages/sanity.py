@@ -40,7 +40,7 @@ import torch
 from rich.table import Table
 from torch import Tensor
 
-from ltsearch import distributed
+import ltsearch.distributed as distributed
 from ltsearch.config import SanityVariant, Verbosity, When
 from ltsearch.context import RunContext
 from ltsearch.masking import Masks, count, plain_state_dict

@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ltsearch import distributed
+import ltsearch.distributed as distributed
 from ltsearch.errors import ArtifactError, UnsafeArtifactError
 from ltsearch.storage import load_json, load_torch, save_json, save_torch
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ltsearch import distributed
+import ltsearch.distributed as distributed
 from ltsearch.data import Data
 from ltsearch.masking import batch_statistics
 from ltsearch.runtime import Runtime

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from ltsearch import distributed
+import ltsearch.distributed as distributed
 from ltsearch.paths import CHECKPOINTS, METRICS
 from ltsearch.rundir import ArtifactDir
 from ltsearch.runtime import CONSOLE, progress_bar

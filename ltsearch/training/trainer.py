@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ltsearch import distributed
+import ltsearch.distributed as distributed
 from ltsearch.config import TrainConfig
 from ltsearch.data import Data
 from ltsearch.errors import DivergenceError
