@@ -16,12 +16,16 @@ One panel per (dataset, model) when a report mixes several; panels are titled wi
 from __future__ import annotations
 
 import io
+import logging
 import math
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
+# The PDF backend subsets fonts with fontTools, which logs each table it drops at INFO; under a sweep's
+# INFO-level root logger those lines would flood the console.
+logging.getLogger("fontTools").setLevel(logging.WARNING)
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator  # noqa: E402

@@ -151,3 +151,13 @@ def test_stage_lines_say_what_each_stage_did(normal):
     assert re.search(r"test accuracy \d\.\d{4} at epoch 3", out["stage retrain"])
     assert re.search(r"shuffle [+-]\d\.\d{4} (pass|FAIL)", out["stage sanity"])
     assert Path(run_dir / "evaluate" / "DONE.json").exists()
+
+
+def test_a_sweep_console_has_no_library_chatter(tmp_path):
+    """The sweep summary writes PDF plots; the font subsetter's INFO records must not reach the console."""
+    proc = run_cli("run", "-m", *RUN[1:], "stages=[search,rewind,retrain,evaluate]", "sparsity=0.5,0.9", "-q",
+                   f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "sweep summary: wrote" in proc.stdout + proc.stderr
+    assert (tmp_path / "sweep" / "accuracy_vs_sparsity.pdf").exists()
+    assert not re.search(r"\] (GDEF|GPOS|GSUB|name|glyf) pruned|fontTools", proc.stdout + proc.stderr)
