@@ -83,7 +83,9 @@ class RunContext:
     def upstream_spec(self) -> dict[str, Any]:
         """What determines dense training from w0: model, data, schedule, seed and the numerics it runs
         with (the key of cached pretraining and IMP levels). The data is named by its content, not by where
-        it lies: images changed in place are new data, the same data moved is not."""
+        it lies: images changed in place are new data, the same data moved is not. On the CPU the number of
+        intra-op threads is part of the numerics: it changes how reductions are split, and so the float
+        results, so work done with 2 threads is never reused by a run with 1."""
         container = config_container(self.cfg)
         dataset = {k: v for k, v in container["dataset"].items() if k not in ("root", "download")}
         dataset["content"] = self.data.identity
@@ -91,6 +93,8 @@ class RunContext:
         numerics = {"device": rt.device.type, "bf16": rt.bf16, "channels_last": rt.channels_last,
                     "compile": rt.compile, "deterministic": self.cfg.runtime.deterministic,
                     "torch": torch.__version__}
+        if rt.device.type == "cpu":
+            numerics["threads"] = torch.get_num_threads()
         return {"model": container["model"], "dataset": dataset, "train": container["train"],
                 "seed": self.cfg.seed, "numerics": numerics}
 

@@ -106,3 +106,20 @@ def test_disabled_cache_computes_and_publishes_nothing(tmp_path):
     assert cache.reuse_or_compute("k", {"a": 1}, out, compute) is False
     assert calls == [1] and not (tmp_path / "cache").exists()
     assert spec_key("k", {"a": 1}) != spec_key("k", {"a": 2}) != spec_key("j", {"a": 2})
+
+
+def test_pretraining_with_another_cpu_thread_count_is_not_reused(tmp_path):
+    """CPU float results depend on how many threads split a reduction, so the thread count keys the cache."""
+    threads = torch.get_num_threads()
+    cache = f"runtime.cache_dir={tmp_path / 'cache'}"
+    base = [*TINY, "train.epochs=2", "train.rewind_epoch=1", "stages=[search]", cache, "pruner=magnitude",
+            "pruner.when=rewind"]
+    try:
+        run_pipeline(make_config(*base, "runtime.threads=1"), tmp_path / "one")
+        run_pipeline(make_config(*base, "runtime.threads=2"), tmp_path / "two")
+        run_pipeline(make_config(*base, "runtime.threads=1", "sparsity=0.5"), tmp_path / "one_again")
+    finally:
+        torch.set_num_threads(threads)
+    done = {r: json.loads((tmp_path / r / "search" / "pretrain" / "DONE.json").read_text())
+            for r in ("one", "two", "one_again")}
+    assert "reused" not in done["one"] and "reused" not in done["two"] and "reused" in done["one_again"]
