@@ -8,7 +8,7 @@ Every method runs through the CLI, one run directory each (`OUT/runs/<method>/sp
 
 Methods: random, magnitude at init and at the rewind point, SNIP, GraSP, SynFlow, LTR, and CTS-KL and CTS
 when the installed ltsearch has them (conf/pruner/cts_kl.yaml, cts.yaml). Every run uses the same training
-schedule, the lenet_mnist train preset (SGD 0.1, batch 128, 40 epochs, rewind point epoch 1): a mask found
+schedule, the lenet_mnist train preset (SGD 0.1, batch 128, 40 epochs, rewind point epoch 1, pinned here: the preset now rewinds to epoch 5): a mask found
 at init is trained for epochs 0-40, a mask found at the rewind point for epochs 1-40 after one epoch of
 dense training. The sanity stage is left out (it retrains four more networks per run); LTR's search trains
 every IMP level over the same schedule, which is its cost.
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unknown method(s) {unknown}; known: {', '.join(methods)}")
         methods = {m: methods[m] for m in args.methods}
     seeds = args.seeds or ([0] if args.quick else [0, 1])
-    common = ["experiment=lenet_mnist", f"dataset.root={args.data_root}", STAGES, "runtime.progress=false",
+    common = ["experiment=lenet_mnist", "train.rewind_epoch=1", f"dataset.root={args.data_root}", STAGES, "runtime.progress=false",
               f"runtime.device={args.device}", f"runtime.threads={args.threads}", *(QUICK if args.quick else [])]
     args.out.mkdir(parents=True, exist_ok=True)
 

@@ -34,7 +34,8 @@ from benchlib import REPO, data_root  # noqa: E402
 from ltsearch.paths import results_file  # noqa: E402
 
 DEFAULT_ROOT = data_root()
-OVERRIDES = ["experiment=lenet_mnist", "pruner=magnitude", "sparsity=0.9", "stages=[search,rewind,retrain,evaluate]"]
+# rewind epoch 1 as when the published figure was measured (the preset now rewinds to epoch 5)
+OVERRIDES = ["experiment=lenet_mnist", "train.rewind_epoch=1", "pruner=magnitude", "sparsity=0.9", "stages=[search,rewind,retrain,evaluate]"]
 MIN_ACC = 0.97
 
 

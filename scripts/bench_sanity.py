@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             parser.error(f"unknown method(s) {unknown}; known: {', '.join(methods)}")
         methods = {m: methods[m] for m in args.methods}
-    common = ["experiment=lenet_mnist", f"dataset.root={args.data_root}", STAGES, "runtime.progress=false",
+    common = ["experiment=lenet_mnist", "train.rewind_epoch=1", f"dataset.root={args.data_root}", STAGES, "runtime.progress=false",
               f"runtime.device={args.device}", f"runtime.threads={args.threads}", *(QUICK if args.quick else [])]
 
     import torch

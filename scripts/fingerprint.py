@@ -46,7 +46,7 @@ RUNS: dict[str, list[str]] = {
 }
 REAL: dict[str, list[str]] = {
     "quickstart": [],
-    "lenet_mnist_cts_kl": ["experiment=lenet_mnist", f"dataset.root={data_root()}", "pruner=cts_kl",
+    "lenet_mnist_cts_kl": ["experiment=lenet_mnist", "train.rewind_epoch=1", f"dataset.root={data_root()}", "pruner=cts_kl",
                            "sparsity=0.99"],
 }
 

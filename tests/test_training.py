@@ -107,6 +107,7 @@ def test_train_presets_compose_to_valid_schedules():
     assert cfg.optimizer == Optimizer.adam and cfg.lr == 2e-4 and cfg.batch_size == 60
     cfg = make_config("experiment=lenet_mnist").train
     assert (cfg.optimizer, cfg.lr, cfg.batch_size, cfg.epochs) == (Optimizer.sgd, 0.1, 128, 40)
+    assert cfg.rewind_epoch == 5  # where CTS-KL's tickets retrain best of init and epochs 1, 2, 5
 
 
 # -- the Trainer -------------------------------------------------------------------------------------------
