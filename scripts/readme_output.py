@@ -4,7 +4,7 @@ Each block sits between `<!-- output: ARGS -->` and `<!-- /output -->` and holds
 printed (100 columns wide, the run directory shown as outputs/runs/<run>). Run after changing what a
 command prints, or the quickstart's defaults:
 
-    python scripts/readme_output.py            # every block (the quickstart: about 1.5 min on 2 CPU cores)
+    python scripts/readme_output.py            # every block (the quickstart: about a minute on 2 CPU cores)
     python scripts/readme_output.py --check    # exit 1 if a block's command no longer runs
 """
 
