@@ -68,6 +68,10 @@ def _signal_in_retrain(signum: int) -> Callable[[], None]:
     from ltsearch.training.trainer import Trainer
 
     original = Trainer.train_epoch
+    if signum == signal.SIGINT and signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        # A process started in the background of a non-interactive shell inherits SIGINT ignored, and Python
+        # then installs no KeyboardInterrupt handler; a Ctrl-C at a terminal assumes the interactive default.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def train_epoch(self, epoch, *args, **kwargs):
         if self.stream == "retrain" and epoch == 1:
