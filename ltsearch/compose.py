@@ -27,7 +27,7 @@ from ltsearch.config import (
 )
 from ltsearch.data import DATASETS, FOLDER_DATASETS
 from ltsearch.distributed import LAUNCH_TIME_ENV
-from ltsearch.errors import ConfigError
+from ltsearch.errors import ConfigError, first_line
 from ltsearch.logfile import has_control, one_line
 from ltsearch.loggers import check_logger_extras
 from ltsearch.models import MODELS
@@ -72,7 +72,7 @@ def to_config(cfg: DictConfig | Config) -> Config:
         obj = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as exc:
         cause = exc.__cause__ if isinstance(exc.__cause__, ValueError) else None
-        raise ConfigError(f"invalid config: {cause or _first_line(exc)}") from exc
+        raise ConfigError(f"invalid config: {cause or first_line(exc)}") from exc
     except ValueError as exc:
         raise ConfigError(f"invalid config: {exc}") from exc
     assert isinstance(obj, Config)
@@ -100,10 +100,6 @@ def _check_unknown_keys(cfg: DictConfig, obj: Config) -> None:
     if unknown:
         raise ConfigError(f"unknown config key(s) {', '.join(unknown)}: ltsearch has no such setting (check the "
                           f"spelling; `ltsearch run --cfg job` prints every key)")
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def check_names(cfg: Config) -> None:
@@ -147,7 +143,7 @@ def compose_labelled(*overrides: str) -> tuple[Config, str]:
         with initialize_config_module(config_module="ltsearch.conf", version_base="1.3"):
             cfg = hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
     except (HydraException, OmegaConfBaseException) as exc:
-        raise ConfigError(f"invalid config: {_first_line(exc)}") from exc
+        raise ConfigError(f"invalid config: {first_line(exc)}") from exc
     choices = dict(cfg.hydra.runtime.choices)
     with open_dict(cfg):
         del cfg["hydra"]

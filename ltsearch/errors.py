@@ -11,6 +11,13 @@ from __future__ import annotations
 from hydra.errors import CompactHydraException
 
 
+def first_line(exc: BaseException, limit: int | None = None) -> str:
+    """The first line of an exception's message (at most `limit` characters), or its type's name when the
+    message is empty: what a one-line error message quotes of a library's error."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__
+
+
 class LtsearchError(CompactHydraException):
     """An error caused by input the user can fix; printed as one clear message."""
 

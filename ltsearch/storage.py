@@ -36,7 +36,7 @@ from typing import Any
 import torch
 
 import ltsearch.distributed as distributed
-from ltsearch.errors import ArtifactError, UnsafeArtifactError
+from ltsearch.errors import ArtifactError, UnsafeArtifactError, first_line
 from ltsearch.paths import TMP_MARK
 
 
@@ -257,8 +257,7 @@ def load_torch(path: str | Path, sha256: str | None = None, map_location: str | 
         raise ArtifactError(f"{path} is corrupt or not a tensor file ltsearch wrote (torch.load with "
                             f"weights_only=True rejects its contents)") from exc
     except Exception as exc:  # zip/EOF/shape errors of a truncated or damaged file
-        reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
-        raise ArtifactError(f"{path} is corrupt or truncated ({reason})") from exc
+        raise ArtifactError(f"{path} is corrupt or truncated ({first_line(exc, 120)})") from exc
 
 
 # What torch's weights-only unpickler reports when a file names a callable or class it will not import.

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from ltsearch.config import DatasetConfig
-from ltsearch.errors import ArtifactError, DataError
+from ltsearch.errors import ArtifactError, DataError, first_line
 from ltsearch.paths import cache_root
 from ltsearch.seeding import generator
 from ltsearch.storage import load_torch, save_torch
@@ -70,18 +70,13 @@ def _torchvision(cls: type, cfg: DatasetConfig, expected: str) -> tuple:
             "" if cfg.download else ", or dataset.download=true where the internet is reachable")
         if (root / expected).exists():  # present but damaged (truncated file, failed checksum)
             raise DataError(f"dataset '{cfg.name}' under {root} is incomplete or corrupt "
-                            f"({_first_line(exc)}); replace {root / expected}") from exc
+                            f"({first_line(exc, 160)}); replace {root / expected}") from exc
         raise DataError(f"dataset '{cfg.name}' not found: expected {root / expected}; {hint}") from exc
     except OSError as exc:  # download attempted without network
         raise DataError(f"dataset '{cfg.name}': download into {root} failed ({exc})") from exc
     except Exception as exc:  # a damaged file that the torchvision reader chokes on (pickle, EOF, shape)
         raise DataError(f"dataset '{cfg.name}' under {root} cannot be read ({type(exc).__name__}: "
-                        f"{_first_line(exc)}); replace {root / expected}") from exc
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:160] if text else type(exc).__name__
+                        f"{first_line(exc, 160)}); replace {root / expected}") from exc
 
 
 def load_torchvision_mnist(cfg: DatasetConfig) -> Arrays:
@@ -164,7 +159,7 @@ def _iter_images(root: Path) -> Iterator[tuple[str, str, str, bytes]]:
                 assert handle is not None
                 yield split, label, f"{root}:{member.name}", handle.read()
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:  # not a tar, or a truncated one
-        reason = "not a tar archive" if isinstance(exc, tarfile.ReadError) else _first_line(exc)
+        reason = "not a tar archive" if isinstance(exc, tarfile.ReadError) else first_line(exc, 160)
         raise DataError(f"dataset 'imagefolder': {root} is not a readable folder or tar archive "
                         f"({reason})") from exc
 

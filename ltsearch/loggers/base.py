@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ltsearch.errors import ConfigError
+from ltsearch.errors import ConfigError, first_line
 from ltsearch.training.loop import Callback, EpochLoop, Record
 
 # results.json keys that are not one number per run (the config is logged as such; per-layer counts and
@@ -63,8 +63,8 @@ class MetricLogger(Callback):
         try:
             self.open(run_dir, config, label)
         except Exception as exc:  # a logger that cannot start (its service, its store): one line, not a traceback
-            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ConfigError(f"{type(self).__name__} could not start: {type(exc).__name__}: {text}") from exc
+            raise ConfigError(f"{type(self).__name__} could not start: {type(exc).__name__}: {first_line(exc)}"
+                              ) from exc
 
     def on_epoch_end(self, loop: EpochLoop, record: Record) -> None:
         self.write(loop.out.label, epoch_of(loop, record), scalars(record))

@@ -22,7 +22,7 @@ from hydra.utils import instantiate
 from torch import nn
 
 from ltsearch.config import ModelConfig
-from ltsearch.errors import ConfigError
+from ltsearch.errors import ConfigError, first_line
 
 CUSTOM = "custom"
 TARGET_HINT = "model._target_=<module>.<callable>, e.g. model._target_=torchvision.models.resnet18"
@@ -60,7 +60,7 @@ def locate(target: str) -> Any:
                 raise ConfigError(f"model._target_={target}: importing it failed ({exc})") from exc
             continue
         except Exception as exc:  # the module exists but raised while importing
-            raise ConfigError(f"model._target_={target}: importing it failed ({_first_line(exc)})") from exc
+            raise ConfigError(f"model._target_={target}: importing it failed ({first_line(exc, 200)})") from exc
         try:
             for attr in parts[cut:]:
                 obj = getattr(obj, attr)
@@ -93,12 +93,7 @@ def build_custom(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: in
         model = instantiate({"_target_": target, **args}, _convert_="all")
     except InstantiationException as exc:
         cause = exc.__cause__ or exc
-        raise ConfigError(f"model._target_={target} with model.args={args} failed: {_first_line(cause)}") from exc
+        raise ConfigError(f"model._target_={target} with model.args={args} failed: {first_line(cause, 200)}") from exc
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model._target_={target} returned a {type(model).__name__}, not a torch.nn.Module")
     return model
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
