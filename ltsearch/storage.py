@@ -29,9 +29,9 @@ import os
 import pickle
 import re
 import stat
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -99,23 +99,31 @@ def atomic_write(path: str | Path, data: bytes) -> str:
     """Write `data` to `path` atomically and durably; return its SHA-256 (on rank 0 only, see above)."""
     if not distributed.is_main():
         return sha256_bytes(data)
-    path = Path(path)
+    with _replacing(Path(path)) as handle:
+        handle.write(data)
+    return sha256_bytes(data)
+
+
+@contextlib.contextmanager
+def _replacing(path: Path) -> Iterator[BinaryIO]:
+    """A new file, written in the block, that then replaces `path` atomically and durably. A block that ends
+    early (disk full, a bad checksum) leaves no temporary behind (a kill leaves one; see
+    `remove_stale_temporaries`); an OSError names `path`."""
     tmp = path.parent / f".{path.name}{TMP_MARK}{os.getpid()}"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with os.fdopen(open_new(tmp), "wb") as handle:
-            handle.write(data)
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except OSError as exc:
-        _discard(tmp)  # e.g. disk full: leave no temporary behind (a kill leaves one; see below)
+        _discard(tmp)
         raise _named(exc, path) from exc
     except BaseException:
         _discard(tmp)
         raise
     _fsync_dir(path.parent)
-    return sha256_bytes(data)
 
 
 def _discard(tmp: Path) -> None:
@@ -137,26 +145,13 @@ def copy_verified(src: Path, dst: Path, sha256: str | None = None) -> str:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise ArtifactError(f"{src} is not a regular file")
         digest = hashlib.sha256()
-        tmp = dst.parent / f".{dst.name}{TMP_MARK}{os.getpid()}"
-        try:
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            with os.fdopen(open_new(tmp), "wb") as target:
-                for block in iter(lambda: source.read(1 << 20), b""):
-                    digest.update(block)
-                    target.write(block)
-                target.flush()
-                os.fsync(target.fileno())
+        with _replacing(dst) as target:
+            for block in iter(lambda: source.read(1 << 20), b""):
+                digest.update(block)
+                target.write(block)
             if sha256 is not None and digest.hexdigest() != sha256:
                 raise ArtifactError(f"{src} is corrupt: its checksum does not match the one recorded when it "
                                     f"was written")
-            os.replace(tmp, dst)
-        except OSError as exc:
-            _discard(tmp)
-            raise _named(exc, dst) from exc
-        except BaseException:
-            _discard(tmp)
-            raise
-    _fsync_dir(dst.parent)
     return digest.hexdigest()
 
 
