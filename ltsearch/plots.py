@@ -16,22 +16,19 @@ One panel per (dataset, model) when a report mixes several; panels are titled wi
 from __future__ import annotations
 
 import io
-import logging
 import math
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
-# The PDF backend subsets fonts with fontTools, which logs each table it drops at INFO; under a sweep's
-# INFO-level root logger those lines would flood the console.
-logging.getLogger("fontTools").setLevel(logging.WARNING)
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator  # noqa: E402
 
 from ltsearch.errors import LtsearchError  # noqa: E402
 from ltsearch.paths import ACCURACY_PLOT, PLOT_FORMATS, SANITY_PLOT, layer_plot, plot_files  # noqa: E402
+from ltsearch.runtime import quiet_loggers  # noqa: E402
 from ltsearch.storage import atomic_write  # noqa: E402
 
 DPI = 150
@@ -48,7 +45,8 @@ def _save(fig: plt.Figure, folder: Path, stem: str) -> list[Path]:
         # fixed metadata: the same figure gives the same bytes (no creation date in PDF/SVG)
         metadata = {"Creator": None, "Producer": None, "CreationDate": None} if fmt == "pdf" else \
             {"Date": None, "Creator": None} if fmt == "svg" else {}
-        with plt.rc_context(EDITABLE_TEXT):
+        # the PDF backend subsets fonts with fontTools, which logs every table it drops at INFO
+        with plt.rc_context(EDITABLE_TEXT), quiet_loggers("fontTools"):
             fig.savefig(buffer, format=fmt, dpi=DPI, bbox_inches="tight", metadata=metadata)
         path = folder / f"{stem}.{fmt}"
         atomic_write(path, buffer.getvalue())

@@ -194,6 +194,22 @@ def configure_console(verbosity: Verbosity) -> None:
 
 
 @contextlib.contextmanager
+def quiet_loggers(*names: str) -> Iterator[None]:
+    """Only warnings and errors from these libraries' loggers for the block: the INFO lines they write on
+    their own (a font subsetter's tables, a database's migrations) would reach the console through the
+    run's root logger."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+@contextlib.contextmanager
 def progress_bar(enabled: bool) -> Iterator[Progress]:
     """A rich progress bar on the global console (the one the log handler uses, so lines do not tear);
     live display only on a terminal."""

@@ -10,7 +10,6 @@ results at step 0.
 from __future__ import annotations
 
 import contextlib
-import logging
 import time
 import warnings
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ from typing import Any
 from ltsearch.config import MLflowConfig, flatten
 from ltsearch.loggers.base import MetricLogger
 from ltsearch.paths import MLFLOW_ARTIFACTS, MLFLOW_DB
+from ltsearch.runtime import quiet_loggers
 
 RUN_DIR_TAG = "ltsearch.run_dir"
 MAX_PARAM = 500  # MLflow's limit on a parameter value's length
@@ -30,17 +30,9 @@ BATCH = 100  # parameters per log_batch call (MLflow's limit)
 def _quiet(*names: str) -> Iterator[None]:
     """Only warnings from these libraries' loggers for the block (they print their own INFO lines), and none
     of the deprecation warnings their dependencies raise while a store is opened."""
-    loggers = [logging.getLogger(name) for name in names]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.WARNING)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            yield
-    finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
+    with quiet_loggers(*names), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        yield
 
 
 class MLflowLogger(MetricLogger):
