@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 
+import ltsearch.distributed as distributed
 from ltsearch.config import LoggerConfig
 from ltsearch.errors import ConfigError
 from ltsearch.loggers.base import MetricLogger
@@ -36,15 +37,9 @@ def check_logger_extras(cfg: LoggerConfig) -> None:
                               f"pip install 'ltsearch[{extra}]'")
 
 
-def _is_rank_zero() -> bool:
-    import torch.distributed as dist
-
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
 def build_loggers(cfg: LoggerConfig) -> list[Callback]:
     """The CSV logger and every enabled logger (none on ranks other than 0 of a multi-process run)."""
-    if not _is_rank_zero():
+    if not distributed.is_main():
         return []
     check_logger_extras(cfg)
     loggers: list[Callback] = [CSVLogger()]
