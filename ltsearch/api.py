@@ -29,8 +29,9 @@ import torch
 from omegaconf import OmegaConf
 from torch import Tensor, nn
 
+from ltsearch.compose import compose as compose_config  # the validated config `ltsearch run` would run
 from ltsearch.compose import compose_labelled
-from ltsearch.config import Config, DatasetConfig
+from ltsearch.config import DatasetConfig
 from ltsearch.data import build_data
 from ltsearch.data.inmemory import user_data
 from ltsearch.errors import ArtifactError, ConfigError
@@ -79,11 +80,6 @@ class Ticket:
 
     def apply(self, model: nn.Module, permanent: bool = False) -> nn.Module:
         return apply_masks(model, self.masks, permanent=permanent)
-
-
-def compose_config(*overrides: str) -> Config:
-    """The validated config `ltsearch run OVERRIDES...` would run (conf/config.yaml plus the overrides)."""
-    return compose_labelled(*overrides)[0]
 
 
 # -- finding a ticket -----------------------------------------------------------------------------------------
