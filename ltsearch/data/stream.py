@@ -81,21 +81,23 @@ class FolderImages(Dataset):
             return self.train(image), label
 
 
+def _first_error(batch: list[tuple[Tensor | str, int]]) -> tuple[str, str] | None:
+    """("error", message) of the batch's first sample that could not be read (see `FolderImages`), or None."""
+    return next((("error", item) for item, _ in batch if isinstance(item, str)), None)
+
+
 def _collate(batch: list[tuple[Tensor | str, int]]) -> Any:
     """A batch (torch's default_collate: in a worker, stacked straight into shared memory), or the first
     error of a sample."""
-    errors = [item for item, _ in batch if isinstance(item, str)]
-    if errors:
-        return "error", errors[0]
-    return default_collate(batch)
+    return _first_error(batch) or default_collate(batch)
 
 
 def _packed(batch: list[tuple[Tensor | str, int]]) -> Any:
     """Decoded images of any sizes as one flat uint8 tensor and their shapes: one buffer per batch crosses
     from a worker (a tensor per image would hold a shared-memory file descriptor per image)."""
-    errors = [item for item, _ in batch if isinstance(item, str)]
-    if errors:
-        return "error", errors[0]
+    error = _first_error(batch)
+    if error:
+        return error
     images = [item for item, _ in batch]
     return torch.cat([t.flatten() for t in images]), [tuple(t.shape) for t in images]  # type: ignore[union-attr]
 
