@@ -79,3 +79,10 @@ def cost_summary(run_dir: Path, stages: dict[str, dict[str, Any]], flops: dict[s
             "stages": per_stage, "total": over(list(per_stage)), "ticket": over(ticket), "reused": reused,
             "total_with_reused": over(list(per_stage), tuple(reused)),
             "ticket_with_reused": over(ticket, tuple(reused))}
+
+
+def ticket_cost(cost: dict[str, Any]) -> dict[str, Any]:
+    """The ticket's cost, reused work included, from a results.json `cost` (wall time, FLOPs, dense epochs).
+    Results written before the ticket's cost was told apart from the sanity checks' have only the total,
+    which then left the sanity stage out."""
+    return cost.get("ticket_with_reused") or cost.get("total_with_reused") or {}

@@ -32,6 +32,7 @@ from typing import Any
 import pandas as pd
 
 import ltsearch.plots as plots
+from ltsearch.cost import ticket_cost
 from ltsearch.errors import LtsearchError
 from ltsearch.locks import is_held
 from ltsearch.paths import FAILURE, LOCK, RECORD, levels_file, results_file, sanity_file
@@ -93,14 +94,14 @@ def read_run(run_dir: Path) -> RunData:
         pp = (results.get("pruning_point") or {}).get("pruning_point") or {}
         times = results.get("wall_time", {})
         cost = results.get("cost") or {}
-        ticket_cost = cost.get("ticket_with_reused") or cost.get("total_with_reused") or {}
+        ticket = ticket_cost(cost)
         row.update(status="done", test_acc=results["test_acc"], acc_before_retrain=pp.get("test_acc"),
                    density=results["density"]["target"], measured_density=results["density"]["measured"],
                    # the ticket's cost: every stage but the sanity checks (results written before "ticket"
                    # existed called it "total")
                    **{f"time_{s}": times.get(s) for s in STAGE_ORDER}, total_time=times.get("ticket", times.get("total")),
                    # hardware-independent: dense training epochs, including upstream work reused from the cache
-                   cost_epochs=ticket_cost.get("epochs"), cost_flops=ticket_cost.get("flops"))
+                   cost_epochs=ticket.get("epochs"), cost_flops=ticket.get("flops"))
         for i, (name, layer) in enumerate(results.get("layers", {}).items()):
             data.layers.append({**ident, "layer": name, "index": i, "density": layer["density"],
                                 "kept": layer["kept"], "total": layer["total"]})

@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchlib import REPO, data_root, ensure_run, fmt_mean_std, markdown_table, save_rows  # noqa: E402
 
+from ltsearch.cost import ticket_cost  # noqa: E402
 from ltsearch.objectives import OBJECTIVES  # noqa: E402
 
 NO_SANITY = "stages=[search,rewind,retrain,evaluate]"
@@ -72,17 +73,9 @@ def summary_row(results: list[dict[str, Any]]) -> dict[str, str]:
         "acc before retrain %": fmt_mean_std([100 * before(r)["test_acc"] for r in results]),
         "search s": f"{mean('search'):.0f}",
         "total s": f"{mean('total'):.0f}",
-        "dense epochs": f"{statistics.mean(ticket_epochs(r) for r in results):.1f}",
+        # the ticket's compute (every stage but sanity, reused upstream work included)
+        "dense epochs": f"{statistics.mean(ticket_cost(r['cost'])['epochs'] for r in results):.1f}",
     }
-
-
-def ticket_epochs(results: dict[str, Any]) -> float:
-    """The ticket's compute (every stage but sanity, reused upstream work included) in dense epochs.
-
-    Results written before the cost report split ticket and sanity have only the total, which then left the
-    sanity stage out."""
-    cost = results["cost"]
-    return cost.get("ticket_with_reused", cost["total_with_reused"])["epochs"]
 
 
 def lengths(args: argparse.Namespace) -> None:
