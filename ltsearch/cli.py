@@ -55,7 +55,6 @@ examples:
 """
 
 
-
 def _error(message: str) -> int:
     if os.environ.get("RANK", "0") == "0":  # every process of a distributed run finds the same problem
         print(f"ltsearch: error: {message}", file=sys.stderr)

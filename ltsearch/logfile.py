@@ -3,7 +3,7 @@
 Two things logging.FileHandler does not do:
 - It never writes through a symbolic link: a `run.log` that is a link (planted in a shared run folder) would
   have every session append to the link's target. The file is opened with O_NOFOLLOW; a link is left alone,
-  nothing is written, and the pipeline refuses the run folder with a message (`rundir.refuse_links`).
+  nothing is written, and the pipeline refuses the run folder with a message (`guards.refuse_links`).
 - One record is one line: control characters in a message (a line break in a path or a value) are written
   escaped, so no string can forge a log line. Tracebacks keep their lines (they come from the code).
 

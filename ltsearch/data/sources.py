@@ -33,8 +33,8 @@ log = logging.getLogger(__name__)
 @dataclass
 class Arrays:
     """A whole dataset as CPU tensors. `identity` names its content: a loader whose files are verified
-    against published checksums gives those; otherwise it is left empty and `content_digest` of the arrays
-    is used (`ltsearch.storage.tensor_digest`): what cached upstream work and a resumed run check the data
+    against published checksums gives those; otherwise it is left empty and a digest of the arrays is
+    used (`ltsearch.storage.tensor_digest`): what cached upstream work and a resumed run check the data
     against, never its path."""
 
     train_x: Tensor
@@ -45,7 +45,6 @@ class Arrays:
     mean: list[float] | None = None
     std: list[float] | None = None
     identity: str = ""
-
 
 
 def load_mnist1d(cfg: DatasetConfig) -> Arrays:
