@@ -127,3 +127,17 @@ def test_long_modules_say_why():
         if lines > MAX_LINES and LONG_REASON not in (ast.get_docstring(ast.parse(path.read_text())) or ""):
             unexplained.append(f"{name}: {lines} lines")
     assert not unexplained, f"split these, or say '{LONG_REASON} ...' in the docstring: {unexplained}"
+
+
+def test_a_run_on_tensor_data_never_imports_torchvision():
+    """torchvision takes seconds to import (a tenth of a quickstart run on a slow CPU): only image folders,
+    torchvision datasets and torchvision's networks need it, so the CLI and the pipeline import it there."""
+    code = ("import sys\nimport ltsearch.app, ltsearch.cli, ltsearch.api\n"
+            "from ltsearch.compose import compose\nfrom ltsearch.data import build_data\n"
+            "from ltsearch.models import build_model\n"
+            "cfg = compose('dataset=fake', 'model=resnet20', 'dataset.shape=[3,8,8]')\n"
+            "data = build_data(cfg.dataset)\nbuild_model(cfg.model, data.input_shape, data.num_classes, 0)\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torchvision'))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "[]"

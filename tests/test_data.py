@@ -42,6 +42,30 @@ def test_mnist1d_is_the_default_dataset():
     assert data.train_y.dtype == torch.int64
 
 
+def test_mnist1d_is_generated_once_and_kept(isolated_cache, monkeypatch):
+    import ltsearch.data.sources as sources
+
+    first = data_of()
+    kept = list(isolated_cache.glob("mnist1d-*.pt"))
+    assert len(kept) == 1
+
+    def no_generation(*args, **kwargs):
+        raise AssertionError("generated again despite the kept copy")
+
+    import mnist1d.data
+
+    with monkeypatch.context() as patch:
+        patch.setattr(mnist1d.data, "make_dataset", no_generation)
+        second = data_of()
+    for name in ("train_x", "train_y", "test_x", "test_y"):
+        assert torch.equal(getattr(first, name), getattr(second, name)), name
+    # a damaged copy is generated again (and replaced), never loaded
+    kept[0].write_bytes(kept[0].read_bytes()[:1000])
+    third = data_of()
+    assert torch.equal(third.train_x, first.train_x)
+    assert sources.load_torch(kept[0])["train_x"].shape == (4000, 1, 40)
+
+
 def test_real_mnist_loads(mnist_root):
     data = data_of("dataset=mnist", f"dataset.root={mnist_root}")
     assert data.train_x.shape == (60000, 1, 28, 28) and data.test_x.shape == (10000, 1, 28, 28)

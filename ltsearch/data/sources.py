@@ -1,10 +1,15 @@
 """Loaders: each returns the whole dataset as CPU tensors (`Arrays`), or raises a DataError that says
-what is missing and where it was expected. No loader touches the network unless `dataset.download=true`."""
+what is missing and where it was expected. No loader touches the network unless `dataset.download=true`.
+
+Why this module is long: it is the one place that knows every data format (MNIST-1D, torchvision's files,
+image folders and archives, synthetic data) and the cache of generated and decoded arrays they share; a
+reader adding a format finds every neighbour here."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.metadata
 import io
 import logging
 import math
@@ -13,9 +18,10 @@ import sys
 import tarfile
 import warnings
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,15 +54,51 @@ class Arrays:
 
 
 def load_mnist1d(cfg: DatasetConfig) -> Arrays:
-    """MNIST-1D, generated offline by the `mnist1d` package with its default (published) arguments."""
+    """MNIST-1D, generated offline by the `mnist1d` package with its default (published) arguments.
+
+    Generating it takes seconds (a tenth of a quickstart run), so the arrays are kept under
+    `ltsearch.paths.cache_root()`, keyed by the generator's arguments and the package's version."""
     try:
         from mnist1d.data import get_dataset_args, make_dataset
     except ImportError as exc:  # pragma: no cover - a declared dependency
         raise DataError("dataset 'mnist1d' needs the package mnist1d (pip install mnist1d)") from exc
-    raw = make_dataset(get_dataset_args())
-    to_x = lambda a: torch.from_numpy(np.asarray(a, dtype=np.float32)).unsqueeze(1)  # noqa: E731
-    to_y = lambda a: torch.from_numpy(np.asarray(a, dtype=np.int64))  # noqa: E731
-    return Arrays(to_x(raw["x"]), to_y(raw["y"]), to_x(raw["x_test"]), to_y(raw["y_test"]), 10)
+    args = get_dataset_args()
+    key = hashlib.sha256(repr((_package_version("mnist1d"), sorted(vars(args).items()))).encode()).hexdigest()
+
+    def generate() -> dict[str, Tensor]:
+        raw = make_dataset(args)
+        to_x = lambda a: torch.from_numpy(np.asarray(a, dtype=np.float32)).unsqueeze(1)  # noqa: E731
+        to_y = lambda a: torch.from_numpy(np.asarray(a, dtype=np.int64))  # noqa: E731
+        return {"train_x": to_x(raw["x"]), "train_y": to_y(raw["y"]), "test_x": to_x(raw["x_test"]),
+                "test_y": to_y(raw["y_test"])}
+
+    arrays = _kept(cache_root() / f"mnist1d-{key[:16]}.pt", generate, "generated")
+    return Arrays(arrays["train_x"], arrays["train_y"], arrays["test_x"], arrays["test_y"], 10)
+
+
+def _package_version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - a declared dependency
+        return "unknown"
+
+
+def _kept(path: Path, build: Callable[[], dict[str, Any]], verb: str) -> dict[str, Any]:
+    """`build()`, or its copy kept at `path` by an earlier call. A damaged copy is built again; a full or
+    read-only cache only costs building it next time too."""
+    if path.exists():
+        try:
+            return load_torch(path)
+        except ArtifactError:
+            with contextlib.suppress(OSError):  # built again below; a read-only cache keeps it
+                path.unlink(missing_ok=True)
+    built = build()
+    try:
+        save_torch(path, built)
+    except OSError as exc:
+        log.warning("could not keep the %s data in %s (%s); they are %s again next time", verb, path,
+                    exc.strerror or exc, verb)
+    return built
 
 
 def _torchvision(cls: type, cfg: DatasetConfig, expected: str) -> tuple:
@@ -249,6 +291,11 @@ def _decode_folder(root: Path) -> dict[str, Tensor]:
     return out
 
 
+def _decode_quietly(root: Path) -> dict[str, Any]:
+    with _native_stderr_silenced():
+        return _decode_folder(root)
+
+
 def load_imagefolder(cfg: DatasetConfig) -> Arrays:
     """root/train/<class>/* and root/test/<class>/* (root may also be a .tar or .tar.gz of such a folder,
     at any depth). Decoded once to uint8 tensors and cached under `ltsearch.paths.cache_root()`."""
@@ -256,22 +303,7 @@ def load_imagefolder(cfg: DatasetConfig) -> Arrays:
     if not root.exists():
         raise DataError(f"dataset 'imagefolder': {root} does not exist (set dataset.root to a folder with "
                         f"train/<class>/ and test/<class>/, or to a .tar.gz of one)")
-    cache = cache_root() / f"imagefolder-{_fingerprint(root)}.pt"
-    decoded = None
-    if cache.exists():
-        try:
-            decoded = load_torch(cache)
-        except ArtifactError:
-            with contextlib.suppress(OSError):  # decoded again below; a read-only cache keeps it
-                cache.unlink(missing_ok=True)
-    if decoded is None:
-        with _native_stderr_silenced():
-            decoded = _decode_folder(root)
-        try:  # a copy to save decoding next time: a full or read-only cache only costs that
-            save_torch(cache, decoded)
-        except OSError as exc:
-            log.warning("could not keep the decoded images in %s (%s); they are decoded again next time",
-                        cache, exc.strerror or exc)
+    decoded = _kept(cache_root() / f"imagefolder-{_fingerprint(root)}.pt", lambda: _decode_quietly(root), "decoded")
     train_x = decoded["train_x"]
     mean, std = (None, None) if cfg.mean else channel_stats(train_x)
     return Arrays(train_x, decoded["train_y"], decoded["test_x"], decoded["test_y"], len(decoded["classes"]),

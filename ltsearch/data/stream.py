@@ -28,13 +28,12 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, default_collate
-from torchvision.transforms import v2
 
 import ltsearch.distributed as distributed
 from ltsearch.config import DatasetConfig, RuntimeConfig
@@ -43,6 +42,9 @@ from ltsearch.data.folders import Split, available_memory, decoded_bytes, identi
 from ltsearch.data.sources import decode
 from ltsearch.distributed import Shard
 from ltsearch.errors import DataError
+
+if TYPE_CHECKING:  # torchvision is imported where images are transformed (it takes seconds to import)
+    from torchvision.transforms import v2
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +155,8 @@ class ImageFolderData:
     # -- transforms and loading ------------------------------------------------------------------------------
     def transforms(self) -> tuple[v2.Transform, v2.Transform]:
         """(training transform, evaluation transform)."""
+        from torchvision.transforms import v2
+
         evaluate = v2.Compose([v2.Resize(self.resize_size, antialias=True), v2.CenterCrop(self.image_size)])
         if self.augment == "resized_crop_flip":
             train = v2.Compose([v2.RandomResizedCrop(self.image_size, scale=self.crop_scale, antialias=True),

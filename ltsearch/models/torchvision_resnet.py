@@ -9,17 +9,14 @@ other network here. The CTS authors run the ResNet-18 of this family on Tiny-Ima
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from torch import nn
-from torchvision import models
 
 from ltsearch.config import ModelConfig
 from ltsearch.errors import ConfigError
 
-DEPTHS: dict[int, Callable[..., models.ResNet]] = {
-    18: models.resnet18, 34: models.resnet34, 50: models.resnet50, 101: models.resnet101, 152: models.resnet152,
-}
+# torchvision's constructor of each depth (imported when a network is built: torchvision takes seconds to
+# import, and most runs never need it)
+DEPTHS: dict[int, str] = {18: "resnet18", 34: "resnet34", 50: "resnet50", 101: "resnet101", 152: "resnet152"}
 
 
 def build_torchvision_resnet(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
@@ -28,7 +25,9 @@ def build_torchvision_resnet(cfg: ModelConfig, input_shape: tuple[int, ...], num
     depth = cfg.depth or 50
     if depth not in DEPTHS:
         raise ConfigError(f"model 'torchvision_resnet': model.depth must be one of {sorted(DEPTHS)}, got {depth}")
-    model = DEPTHS[depth](weights=None, num_classes=num_classes)
+    from torchvision import models
+
+    model = getattr(models, DEPTHS[depth])(weights=None, num_classes=num_classes)
     if input_shape[0] != 3:  # the stem of torchvision's ResNet takes RGB
         model.conv1 = nn.Conv2d(input_shape[0], 64, kernel_size=7, stride=2, padding=3, bias=False)
     return model
