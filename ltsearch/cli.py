@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import ltsearch.distributed as distributed
-from ltsearch.errors import Interrupted, LtsearchError
+from ltsearch.errors import Interrupted, LtsearchError, Refused, full_error_requested
 from ltsearch.overrides import (
     check_group_overrides,
     check_output_dirs,
@@ -22,6 +23,8 @@ from ltsearch.overrides import (
     verbosity_overrides,
 )
 from ltsearch.version import __version__
+
+T = TypeVar("T")
 
 USAGE = """usage: ltsearch <command> [args]
 
@@ -55,9 +58,9 @@ examples:
 """
 
 
-def _error(message: str) -> int:
-    if os.environ.get("RANK", "0") == "0":  # every process of a distributed run finds the same problem
-        print(f"ltsearch: error: {message}", file=sys.stderr)
+def _error(message: str, every_rank: bool = False) -> int:
+    if every_rank or os.environ.get("RANK", "0") == "0":  # each process of a distributed run finds the same
+        print(f"ltsearch: error: {message}", file=sys.stderr)  # problem in its arguments
     return 2
 
 
@@ -67,7 +70,9 @@ def _hydra(args: list[str]) -> int:
     if "--version" in args:  # Hydra would print its own version
         print(f"ltsearch {__version__}")
         return 0
-    args = verbosity_overrides(args)
+    from ltsearch.models.custom import constructor_overrides
+
+    args = constructor_overrides(verbosity_overrides(args))
     problem = check_group_overrides(args) or check_output_dirs(args) or check_plugins(args)
     if problem:
         return _error(problem)
@@ -81,9 +86,14 @@ def _hydra(args: list[str]) -> int:
 
 
 def _run_app(hydra_main: Callable[[], Any]) -> int:
-    """The Hydra app; an interruption ends it with one line (printed by rank 0 of a distributed run)."""
+    """The Hydra app. A refusal ends it with its one line alone, an interruption with one line (printed by
+    rank 0 of a distributed run)."""
     try:
-        hydra_main()
+        with _refusals_in_one_line():
+            hydra_main()
+    except Refused as refusal:  # every process that finds it says it (rank 0's errors reach the others as
+        _error(refusal.message, every_rank=True)  # PeerFailure, which stops them quietly)
+        return 1
     except Interrupted as stop:  # the pipeline wrote its failure record and says how to resume
         if distributed.is_main():
             print(f"ltsearch: {stop.message}", file=sys.stderr)
@@ -93,6 +103,39 @@ def _run_app(hydra_main: Callable[[], Any]) -> int:
             print("ltsearch: interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+@contextmanager
+def _refusals_in_one_line() -> Iterator[None]:
+    """Hydra reports an error that escapes its app in `hydra._internal.utils.run_and_report`: a compact one
+    (an `LtsearchError`; Hydra's config errors: an unknown key or option, an override that does not parse) as
+    its message, often several lines, then "Set the environment variable HYDRA_FULL_ERROR=1 for a complete
+    stack trace."; anything else as a trimmed traceback and that hint. For the block, a compact error leaves
+    the reporter as `Refused`, said in one line, which `_run_app` prints alone with the exit status Hydra
+    gives (1); every other error keeps Hydra's framing, where the trace helps; with HYDRA_FULL_ERROR=1 all of
+    them do. (A refused single run raises `Refused` from the task, before Hydra adds its "Error executing job
+    with overrides" line: see `ltsearch.app`.)"""
+    import hydra._internal.utils as hydra_utils
+    from hydra.errors import CompactHydraException
+
+    from ltsearch.compose import error_line
+
+    original = hydra_utils.run_and_report
+
+    def refusing(func: Callable[[], T]) -> T:
+        try:
+            return func()
+        except CompactHydraException as exc:
+            if full_error_requested():
+                raise
+            message = str(exc).strip() if isinstance(exc, LtsearchError) else error_line(exc)
+            raise Refused(message) from exc
+
+    hydra_utils.run_and_report = lambda func: original(lambda: refusing(func))
+    try:
+        yield
+    finally:
+        hydra_utils.run_and_report = original
 
 
 # Other ranks log errors only, to the console, and leave Hydra's copy of the config to rank 0.

@@ -8,6 +8,8 @@ that does not match) raises one of these; anything else is a bug and keeps its t
 
 from __future__ import annotations
 
+import os
+
 from hydra.errors import CompactHydraException
 
 
@@ -55,6 +57,23 @@ class StorageError(LtsearchError):
 class UnsafePathError(LtsearchError):
     """A file ltsearch would write, lock or remove is not its own to touch (a symbolic link, a folder of the
     user's): refused rather than followed."""
+
+
+def full_error_requested() -> bool:
+    """HYDRA_FULL_ERROR=1: the user wants Hydra's complete stack trace of every error, refusals included."""
+    return os.environ.get("HYDRA_FULL_ERROR") == "1"
+
+
+class Refused(BaseException):
+    """A refusal on its way to the command line, which prints `message` (one line) alone and exits 1.
+
+    Raised where Hydra would otherwise frame an `LtsearchError` or its own config error with more lines (the
+    overrides of the job, the HYDRA_FULL_ERROR hint; see `ltsearch.refusals`). A BaseException, so that
+    neither Hydra's job runner nor its error reporter catches it on the way."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
 
 
 class Interrupted(KeyboardInterrupt):
