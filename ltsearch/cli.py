@@ -9,22 +9,20 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import ltsearch.distributed as distributed
-from ltsearch.errors import Interrupted, LtsearchError, Refused, full_error_requested
+from ltsearch.errors import Interrupted, LtsearchError, Refused
 from ltsearch.overrides import (
     check_group_overrides,
     check_output_dirs,
     check_plugins,
     verbosity_overrides,
 )
+from ltsearch.refusals import refusals_in_one_line
 from ltsearch.version import __version__
-
-T = TypeVar("T")
 
 USAGE = """usage: ltsearch <command> [args]
 
@@ -89,7 +87,7 @@ def _run_app(hydra_main: Callable[[], Any]) -> int:
     """The Hydra app. A refusal ends it with its one line alone, an interruption with one line (printed by
     rank 0 of a distributed run)."""
     try:
-        with _refusals_in_one_line():
+        with refusals_in_one_line():
             hydra_main()
     except Refused as refusal:  # every process that finds it says it (rank 0's errors reach the others as
         _error(refusal.message, every_rank=True)  # PeerFailure, which stops them quietly)
@@ -103,39 +101,6 @@ def _run_app(hydra_main: Callable[[], Any]) -> int:
             print("ltsearch: interrupted", file=sys.stderr)
         return 130
     return 0
-
-
-@contextmanager
-def _refusals_in_one_line() -> Iterator[None]:
-    """Hydra reports an error that escapes its app in `hydra._internal.utils.run_and_report`: a compact one
-    (an `LtsearchError`; Hydra's config errors: an unknown key or option, an override that does not parse) as
-    its message, often several lines, then "Set the environment variable HYDRA_FULL_ERROR=1 for a complete
-    stack trace."; anything else as a trimmed traceback and that hint. For the block, a compact error leaves
-    the reporter as `Refused`, said in one line, which `_run_app` prints alone with the exit status Hydra
-    gives (1); every other error keeps Hydra's framing, where the trace helps; with HYDRA_FULL_ERROR=1 all of
-    them do. (A refused single run raises `Refused` from the task, before Hydra adds its "Error executing job
-    with overrides" line: see `ltsearch.app`.)"""
-    import hydra._internal.utils as hydra_utils
-    from hydra.errors import CompactHydraException
-
-    from ltsearch.compose import error_line
-
-    original = hydra_utils.run_and_report
-
-    def refusing(func: Callable[[], T]) -> T:
-        try:
-            return func()
-        except CompactHydraException as exc:
-            if full_error_requested():
-                raise
-            message = str(exc).strip() if isinstance(exc, LtsearchError) else error_line(exc)
-            raise Refused(message) from exc
-
-    hydra_utils.run_and_report = lambda func: original(lambda: refusing(func))
-    try:
-        yield
-    finally:
-        hydra_utils.run_and_report = original
 
 
 # Other ranks log errors only, to the console, and leave Hydra's copy of the config to rank 0.
