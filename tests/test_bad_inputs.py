@@ -297,10 +297,10 @@ CASES = [
          fault="sigterm_in_retrain", code=143),
     # -- reports -----------------------------------------------------------------------------------------------------
     Case("report_malformed_record", "ltsearch report over a run whose run.json is malformed",
-         ("report", "{data}", "--no-plots"), "its records are malformed (TypeError", data="report_bad_record",
+         ("report", "{data}", "--no-plots"), "a record is malformed (run.json: field config is a number (5), not an object)", data="report_bad_record",
          ok=True),
     Case("report_malformed_results", "ltsearch report over a run whose results.json is malformed",
-         ("report", "{data}", "--no-plots"), "its records are malformed (KeyError", data="report_bad_results",
+         ("report", "{data}", "--no-plots"), "a record is malformed (evaluate/results.json: field density is missing)", data="report_bad_results",
          ok=True),
     Case("report_csv_is_a_folder", "ltsearch report DIR --csv FOLDER", ("report", "{done}", "--csv", "{data}"),
          "is a folder; name the CSV file to write", data="empty_dir"),
