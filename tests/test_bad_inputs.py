@@ -289,6 +289,9 @@ CASES = [
          ("run", "{fast}", "hydra.run.dir={fresh}"),
          "the disk is full; stage retrain stopped and continues where it stopped once that is fixed: ltsearch "
          "resume", fault="disk_full_in_run"),
+    Case("disk_full_no_record", "disk full in the run folder, failed.json included",
+         ("run", "{fast}", "hydra.run.dir={fresh}"),
+         "the disk is full; stage retrain stopped (no failure record: cannot write", fault="disk_full_with_record"),
     Case("ctrl_c", "Ctrl-C (SIGINT) during retraining", ("run", "{fast}", "hydra.run.dir={fresh}"),
          "ltsearch: interrupted (Ctrl-C) in stage retrain; resume with: ltsearch resume", fault="ctrl_c_in_retrain",
          code=130),
