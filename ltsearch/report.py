@@ -175,10 +175,10 @@ def read_run(run_dir: Path) -> RunData:
         for i, (name, layer) in enumerate(results.objects("layers")):
             data.layers.append({**ident, "layer": name, "index": i, "density": layer.number("density"),
                                 "kept": layer.number("kept"), "total": layer.number("total")})
+    elif is_held(run_dir / LOCK):  # a resumed run, whose record of an earlier stop is replaced when it ends
+        row["status"] = "running"
     elif failure is not None:
         row.update(status="failed", failed_stage=failure.text("stage"), error=failure.text("error"))
-    elif is_held(run_dir / LOCK):
-        row["status"] = "running"
     if row.get("sparsity") is not None:
         row.setdefault("density", 1.0 - float(row["sparsity"]))
     levels_path = levels_file(run_dir)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import warnings
 from pathlib import Path
 
@@ -268,3 +269,16 @@ def test_a_malformed_run_is_skipped_naming_its_file_and_field(tmp_path, caplog, 
     assert list(report.runs["seed"]) == [0]  # the rest is reported
     (warning,) = [r.getMessage() for r in caplog.records if "skipping" in r.getMessage()]
     assert warning == f"skipping {bad}: a record is malformed ({message})"
+
+
+def test_a_resumed_run_is_running_though_an_earlier_stop_left_its_record(tmp_path):
+    from ltsearch.locks import open_lock_file, try_lock
+
+    run = fake_run(tmp_path, "ltr", 0.9, 0, failed="Interrupted: interrupted (Ctrl-C) in stage retrain")
+    assert list(build_report([tmp_path]).runs["status"]) == ["failed"]
+    fd = open_lock_file(run / ".lock")
+    try:
+        assert try_lock(fd)  # the session that resumes it holds the lock
+        assert list(build_report([tmp_path]).runs["status"]) == ["running"]
+    finally:
+        os.close(fd)
