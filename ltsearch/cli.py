@@ -19,6 +19,7 @@ from ltsearch.overrides import (
     check_group_overrides,
     check_output_dirs,
     check_plugins,
+    quote_home_paths,
     verbosity_overrides,
 )
 from ltsearch.refusals import refusals_in_one_line
@@ -70,7 +71,7 @@ def _hydra(args: list[str]) -> int:
         return 0
     from ltsearch.models.custom import constructor_overrides
 
-    args = constructor_overrides(verbosity_overrides(args))
+    args = constructor_overrides(quote_home_paths(verbosity_overrides(args)))
     problem = check_group_overrides(args) or check_output_dirs(args) or check_plugins(args)
     if problem:
         return _error(problem)
