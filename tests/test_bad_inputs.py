@@ -1,5 +1,5 @@
 """Bad input everywhere gets one clear message and a non-zero exit, no traceback, and leaves finished
-artifacts alone (GitHub issues 2 and 7).
+artifacts alone.
 
 Every row of CASES is one test: the command goes through `ltsearch.cli.main` exactly as `ltsearch ...` does
 (in process, for speed; a few rows are repeated in a subprocess below, for the exit status and stderr of a

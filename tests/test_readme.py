@@ -71,3 +71,9 @@ def test_everyday_commands_name_the_users_data_not_the_ci_folder(capsys, monkeyp
     finally:
         GlobalHydra.instance().clear()
     assert "root: ~/data" in capsys.readouterr().out
+
+
+def test_section_titles_name_their_topic_not_an_issue():
+    for doc in ("README.md", "BENCHMARKS.md"):
+        titles = [line for line in (REPO / doc).read_text().splitlines() if line.startswith("#")]
+        assert not [t for t in titles if re.search(r"\bissues? #?\d", t, re.I)], doc
