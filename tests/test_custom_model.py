@@ -150,3 +150,18 @@ def test_every_refusal_of_a_custom_models_key_names_the_accepted_spelling():
     with pytest.raises(ValueError, match=r"model.width=6 is a setting of the built-in models, which model=custom "
                                          r"does not read: a constructor argument is model.width=VALUE"):
         model_config({"name": "custom", "_target_": "a.B", "width": 6})
+
+
+def test_a_misspelt_setting_of_a_custom_model_is_named(tmp_path):
+    import sys
+
+    (tmp_path / "mynets.py").write_text(OWN_MODULE)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        cfg = make_config("model=custom", "model._target_=mynets.TinyNet", "model.exclud=[head.weight]", *IMAGES)
+        with pytest.raises(ConfigError, match=r"unexpected keyword argument 'exclud'; did you mean model.exclude\? "
+                                              r"\(model.exclud went to the constructor\)"):
+            build_model(cfg.model, (3, 32, 32), 4, seed=0)
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("mynets", None)

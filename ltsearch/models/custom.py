@@ -13,6 +13,7 @@ the usual rule (every conv and linear weight not matched by a `model.exclude` gl
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import inspect
 import os
@@ -145,7 +146,10 @@ def build_custom(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: in
         model = instantiate({"_target_": target, **args}, _convert_="all")
     except InstantiationException as exc:
         cause = exc.__cause__ or exc
-        raise ConfigError(f"model._target_={target} with model.args={args} failed: {first_line(cause, 200)}") from exc
+        near = {a: difflib.get_close_matches(a, sorted(custom_settings()), n=1) for a in args}
+        typo = "".join(f"; did you mean model.{m[0]}? (model.{a} went to the constructor)" for a, m in near.items() if m)
+        raise ConfigError(f"model._target_={target} with model.args={args} failed: {first_line(cause, 200)}{typo}") \
+            from exc
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model._target_={target} returned a {type(model).__name__}, not a torch.nn.Module")
     return model
