@@ -58,8 +58,10 @@ examples:
 
 
 def _error(message: str, every_rank: bool = False) -> int:
-    if every_rank or os.environ.get("RANK", "0") == "0":  # each process of a distributed run finds the same
-        print(f"ltsearch: error: {message}", file=sys.stderr)  # problem in its arguments
+    """The one line of a refusal. In a distributed run only rank 0 says what every process finds in its
+    arguments; a refusal of the run itself is said by whichever process meets it (`every_rank`)."""
+    if every_rank or os.environ.get("RANK", "0") == "0":
+        print(f"ltsearch: error: {message}", file=sys.stderr)
     return 2
 
 
@@ -90,8 +92,8 @@ def _run_app(hydra_main: Callable[[], Any]) -> int:
     try:
         with refusals_in_one_line():
             hydra_main()
-    except Refused as refusal:  # every process that finds it says it (rank 0's errors reach the others as
-        _error(refusal.message, every_rank=True)  # PeerFailure, which stops them quietly)
+    except Refused as refusal:  # rank 0's errors reach the other ranks as PeerFailure, which stops them quietly
+        _error(refusal.message, every_rank=True)
         return 1
     except Interrupted as stop:  # the pipeline wrote its failure record and says how to resume
         if distributed.is_main():

@@ -1,9 +1,10 @@
 """User-facing errors.
 
-`LtsearchError` derives from Hydra's `CompactHydraException`: when it escapes a task, Hydra prints only its
-message (no traceback) and exits non-zero, unless HYDRA_FULL_ERROR=1. In a multirun the failing job is
-recorded and the other jobs still run. Everything the user can cause (bad config, missing data, a resume
-that does not match) raises one of these; anything else is a bug and keeps its traceback.
+`LtsearchError` derives from Hydra's `CompactHydraException`: when it escapes a task, the command line prints
+only its message, one line (no traceback, none of Hydra's framing: `ltsearch.refusals`), and exits 1, unless
+HYDRA_FULL_ERROR=1. In a multirun the failing job is recorded and the other jobs still run. Everything the
+user can cause (bad config, missing data, a resume that does not match) raises one of these; anything else
+is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
