@@ -6,7 +6,10 @@ ltsearch's own (`ltsearch.guards`) and the config is compared with the run's own
 run directory never mixes the results of two configs.
 
 However a session ends early, `failed.json` says where: an error, Ctrl-C or SIGTERM (raised as `Interrupted`,
-whose one-line message says how to resume), or a full or read-only disk (a `StorageError` naming the file).
+whose one-line message says how to resume), or a full or read-only disk (a `StorageError` naming the file;
+when the disk refuses the record too, the message says so). Rank 0 writes it, also after another rank was
+killed (the launcher's SIGTERM is held off while it does); a session killed whole, which could write none,
+gets its record from the session that takes over its lock.
 
 In a run over several processes (`ltsearch.distributed`) every rank runs the stages; rank 0 alone holds the
 lock and checks the record (an error there stops every rank), and the ranks meet at every stage boundary,
