@@ -14,12 +14,13 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 import ltsearch.distributed as distributed
 from ltsearch.compose import method_label, register_configs, to_config
 from ltsearch.config import flatten
-from ltsearch.errors import ConfigError
+from ltsearch.errors import ConfigError, LtsearchError, Refused, full_error_requested
 from ltsearch.pipeline import run_pipeline
 from ltsearch.runtime import configure_console, console
 
@@ -51,6 +52,18 @@ def _quiet_unless_main() -> None:
 
 @hydra.main(version_base="1.3", config_path="pkg://ltsearch.conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
+    """The task. A single run that is refused ends as `Refused`, which the command line prints alone: Hydra
+    would frame the message with the job's overrides and a hint at HYDRA_FULL_ERROR. A job of a sweep raises
+    the error itself, so that Hydra records that job as failed and goes on with the others."""
+    try:
+        return _run(cfg)
+    except LtsearchError as exc:
+        if HydraConfig.get().mode == RunMode.RUN and not full_error_requested():
+            raise Refused(str(exc).strip()) from exc
+        raise
+
+
+def _run(cfg: DictConfig) -> float | None:
     distributed.setup()
     _quiet_unless_main()
     config = to_config(cfg)

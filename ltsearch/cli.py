@@ -14,13 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import ltsearch.distributed as distributed
-from ltsearch.errors import Interrupted, LtsearchError
+from ltsearch.errors import Interrupted, LtsearchError, Refused
 from ltsearch.overrides import (
     check_group_overrides,
     check_output_dirs,
     check_plugins,
+    quote_home_paths,
     verbosity_overrides,
 )
+from ltsearch.refusals import refusals_in_one_line
 from ltsearch.version import __version__
 
 USAGE = """usage: ltsearch <command> [args]
@@ -55,8 +57,10 @@ examples:
 """
 
 
-def _error(message: str) -> int:
-    if os.environ.get("RANK", "0") == "0":  # every process of a distributed run finds the same problem
+def _error(message: str, every_rank: bool = False) -> int:
+    """The one line of a refusal. In a distributed run only rank 0 says what every process finds in its
+    arguments; a refusal of the run itself is said by whichever process meets it (`every_rank`)."""
+    if every_rank or os.environ.get("RANK", "0") == "0":
         print(f"ltsearch: error: {message}", file=sys.stderr)
     return 2
 
@@ -67,7 +71,9 @@ def _hydra(args: list[str]) -> int:
     if "--version" in args:  # Hydra would print its own version
         print(f"ltsearch {__version__}")
         return 0
-    args = verbosity_overrides(args)
+    from ltsearch.models.custom import constructor_overrides
+
+    args = constructor_overrides(quote_home_paths(verbosity_overrides(args)))
     problem = check_group_overrides(args) or check_output_dirs(args) or check_plugins(args)
     if problem:
         return _error(problem)
@@ -81,9 +87,14 @@ def _hydra(args: list[str]) -> int:
 
 
 def _run_app(hydra_main: Callable[[], Any]) -> int:
-    """The Hydra app; an interruption ends it with one line (printed by rank 0 of a distributed run)."""
+    """The Hydra app. A refusal ends it with its one line alone, an interruption with one line (printed by
+    rank 0 of a distributed run)."""
     try:
-        hydra_main()
+        with refusals_in_one_line():
+            hydra_main()
+    except Refused as refusal:  # rank 0's errors reach the other ranks as PeerFailure, which stops them quietly
+        _error(refusal.message, every_rank=True)
+        return 1
     except Interrupted as stop:  # the pipeline wrote its failure record and says how to resume
         if distributed.is_main():
             print(f"ltsearch: {stop.message}", file=sys.stderr)

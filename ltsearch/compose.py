@@ -8,13 +8,15 @@ into the typed `Config` (types, ranges, unknown keys) and checks every name that
 
 from __future__ import annotations
 
+import difflib
 import os
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf, open_dict
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from ltsearch.config import (
     Config,
@@ -31,7 +33,7 @@ from ltsearch.errors import ConfigError, first_line
 from ltsearch.logfile import has_control, one_line
 from ltsearch.loggers import check_logger_extras
 from ltsearch.models import MODELS
-from ltsearch.models.custom import CustomModelConfig
+from ltsearch.models.custom import CustomModelConfig, argument_hint, constructor_overrides
 from ltsearch.objectives import OBJECTIVES
 from ltsearch.paths import job_folder
 from ltsearch.pruners import PRUNERS
@@ -98,8 +100,18 @@ def _check_unknown_keys(cfg: DictConfig, obj: Config) -> None:
     known = flatten(config_container(obj))
     unknown = sorted(k for k in given if k not in known and not any(k.startswith(f"{kk}.") for kk in known))
     if unknown:
-        raise ConfigError(f"unknown config key(s) {', '.join(unknown)}: ltsearch has no such setting (check the "
-                          f"spelling; `ltsearch run --cfg job` prints every key)")
+        raise ConfigError(unknown_keys_message(unknown, known))
+
+
+def unknown_keys_message(unknown: Sequence[str], known: Iterable[str]) -> str:
+    """One line naming keys no schema has, each with the nearest known key when one is close (a typo)."""
+    candidates = sorted(set(known))
+    named = []
+    for key in unknown:
+        close = difflib.get_close_matches(key, candidates, n=1)
+        named.append(f"{key} (did you mean {close[0]}?)" if close else key)
+    return (f"unknown config key{'s' if len(named) > 1 else ''} {', '.join(named)}: ltsearch has no such "
+            f"setting (`ltsearch run --cfg job` prints every key)")
 
 
 def check_names(cfg: Config) -> None:
@@ -141,10 +153,56 @@ def compose_labelled(*overrides: str) -> tuple[Config, str]:
     register_configs()
     try:
         with initialize_config_module(config_module="ltsearch.conf", version_base="1.3"):
-            cfg = hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
+            cfg = hydra_compose(config_name="config", overrides=constructor_overrides(overrides),
+                                return_hydra_config=True)
     except (HydraException, OmegaConfBaseException) as exc:
-        raise ConfigError(f"invalid config: {first_line(exc)}") from exc
+        raise ConfigError(f"invalid config: {error_line(exc)}") from exc
     choices = dict(cfg.hydra.runtime.choices)
     with open_dict(cfg):
         del cfg["hydra"]
     return to_config(cfg), method_label(cfg, choices)
+
+
+# -- Hydra's composition errors in one line ----------------------------------------------------------------------
+def error_line(exc: BaseException) -> str:
+    """A config error in one line, in ltsearch's words where Hydra's take several (the options of a group
+    instead of the config search path, the keys near an unknown one instead of OmegaConf's full_key and
+    object_type lines)."""
+    from hydra.errors import MissingConfigException, OverrideParseException
+
+    if isinstance(exc, MissingConfigException) and exc.missing_cfg_file and exc.options:
+        group, _, name = exc.missing_cfg_file.rpartition("/")
+        return f"{group}={name}: no such option; the options of {group} are {', '.join(exc.options)}"
+    if isinstance(exc, OverrideParseException):
+        return f"cannot parse the override '{exc.override}': {_join(exc.message)}"
+    cause = exc.__cause__ if isinstance(exc.__cause__, OmegaConfBaseException) else exc
+    if isinstance(cause, ConfigAttributeError | ConfigKeyError) and cause.full_key:
+        return _unknown_key(cause)
+    if cause is not exc:
+        return f"{_join(str(exc)).rstrip('.')}: {_join(cause.msg or str(cause))}"
+    return _join(str(exc))
+
+
+def _unknown_key(error: OmegaConfBaseException) -> str:
+    """A key the schema does not have: the nearest keys beside it, or how a custom model takes arguments."""
+    full_key = str(error.full_key)
+    parent, _, key = full_key.rpartition(".")
+    if error.object_type is CustomModelConfig:
+        return f"{full_key} is not a setting of model=custom: {argument_hint(key)}"
+    if full_key == "model._target_":
+        return "model._target_ names the constructor of model=custom: add model=custom to the overrides"
+    node = error.parent_node
+    siblings = [str(k) for k in node] if isinstance(node, DictConfig) else []
+    return unknown_keys_message([full_key], [f"{parent}.{k}" if parent else k for k in siblings])
+
+
+def _join(text: str) -> str:
+    """A multi-line message as one line: its lines joined, OmegaConf's indented details (full_key,
+    object_type) and Hydra's config search path left out."""
+    lines: list[str] = []
+    for line in str(text).splitlines():
+        if line.startswith("Config search path"):
+            break
+        if line.strip() and not line[:1].isspace():
+            lines.append(line.strip())
+    return "; ".join([line.rstrip(".") for line in lines[:-1]] + lines[-1:])

@@ -20,6 +20,7 @@ from ltsearch.data import Data, ImageFolderData, build_data
 from ltsearch.guards import check_data
 from ltsearch.masking import Masks, attach_masks, load_plain_state_dict
 from ltsearch.models import build_model
+from ltsearch.models.resnet import stem_advice
 from ltsearch.paths import artifact_cache_dir
 from ltsearch.pruners import PruneContext, Pruner, build_pruner
 from ltsearch.rundir import ArtifactDir
@@ -47,6 +48,9 @@ class RunContext:
         """The dataset, placed for this runtime; in a distributed run, with this rank's shard of each batch."""
         data = build_data(self.cfg.dataset, self.cfg.runtime)
         check_data(self.run_dir, self.cfg.dataset.root, data.identity)  # a resumed run reads the same data
+        advice = stem_advice(self.cfg.model, data.input_shape)
+        if advice:  # here: once per run, however often the network is built
+            log.warning("%s", advice)
         if isinstance(data, ImageFolderData):  # read by DataLoader workers, batches pinned for CUDA
             return replace(data, shard=distributed.current_shard())
         nbytes = data.nbytes

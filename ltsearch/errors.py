@@ -1,12 +1,15 @@
 """User-facing errors.
 
-`LtsearchError` derives from Hydra's `CompactHydraException`: when it escapes a task, Hydra prints only its
-message (no traceback) and exits non-zero, unless HYDRA_FULL_ERROR=1. In a multirun the failing job is
-recorded and the other jobs still run. Everything the user can cause (bad config, missing data, a resume
-that does not match) raises one of these; anything else is a bug and keeps its traceback.
+`LtsearchError` derives from Hydra's `CompactHydraException`: when it escapes a task, the command line prints
+only its message, one line (no traceback, none of Hydra's framing: `ltsearch.refusals`), and exits 1, unless
+HYDRA_FULL_ERROR=1. In a multirun the failing job is recorded and the other jobs still run. Everything the
+user can cause (bad config, missing data, a resume that does not match) raises one of these; anything else
+is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
+
+import os
 
 from hydra.errors import CompactHydraException
 
@@ -55,6 +58,23 @@ class StorageError(LtsearchError):
 class UnsafePathError(LtsearchError):
     """A file ltsearch would write, lock or remove is not its own to touch (a symbolic link, a folder of the
     user's): refused rather than followed."""
+
+
+def full_error_requested() -> bool:
+    """HYDRA_FULL_ERROR=1: the user wants Hydra's complete stack trace of every error, refusals included."""
+    return os.environ.get("HYDRA_FULL_ERROR") == "1"
+
+
+class Refused(BaseException):
+    """A refusal on its way to the command line, which prints `message` (one line) alone and exits 1.
+
+    Raised where Hydra would otherwise frame an `LtsearchError` or its own config error with more lines (the
+    overrides of the job, the HYDRA_FULL_ERROR hint; see `ltsearch.refusals`). A BaseException, so that
+    neither Hydra's job runner nor its error reporter catches it on the way."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
 
 
 class Interrupted(KeyboardInterrupt):

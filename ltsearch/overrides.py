@@ -1,6 +1,7 @@
 """What `ltsearch run` checks and rewrites in its arguments before Hydra parses them: a number given for a
 config group, an output folder Hydra cannot use, a launcher or sweeper whose plugin is not installed (each
-one line instead of Hydra's traceback or "option not found"), and `-q`/`-v` as `runtime.verbosity`."""
+one line instead of Hydra's traceback or "option not found"), `-q`/`-v` as `runtime.verbosity`, and a path
+that starts with `~` quoted."""
 
 from __future__ import annotations
 
@@ -91,6 +92,23 @@ def verbosity_overrides(args: list[str]) -> list[str]:
     # beside the other overrides: Hydra's parser takes them as one run of positional arguments
     at = next((i for i, a in enumerate(rest) if "=" in a and not a.startswith("-")), len(rest))
     return [*rest[:at], f"runtime.verbosity={flags[-1]}", *rest[at:]]
+
+
+# Keys whose value ltsearch reads as a path, expanding a leading `~` itself.
+HOME_PATH_KEYS = ("dataset.root", "runtime.cache_dir")
+
+
+def quote_home_paths(args: list[str]) -> list[str]:
+    """`dataset.root=~/data` as a shell leaves it when it expands no `~` after `=` (zsh, fish): quoted, since
+    Hydra's override grammar takes no `~` in a plain value; ltsearch expands it when it reads the path."""
+    out = []
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if sep and key.lstrip("+") in HOME_PATH_KEYS and value.startswith("~") and \
+                not any(c in value for c in "'\",[]{}()"):
+            arg = f"{key}='{value}'"
+        out.append(arg)
+    return out
 
 
 # Hydra flags that print something instead of running (no output folder is written)

@@ -6,7 +6,10 @@ ltsearch's own (`ltsearch.guards`) and the config is compared with the run's own
 run directory never mixes the results of two configs.
 
 However a session ends early, `failed.json` says where: an error, Ctrl-C or SIGTERM (raised as `Interrupted`,
-whose one-line message says how to resume), or a full or read-only disk (a `StorageError` naming the file).
+whose one-line message says how to resume), or a full or read-only disk (a `StorageError` naming the file;
+when the disk refuses the record too, the message says so). Rank 0 writes it, also after another rank was
+killed (the launcher's SIGTERM is held off while it does); a session killed whole, which could write none,
+gets its record from the session that takes over its lock.
 
 In a run over several processes (`ltsearch.distributed`) every rank runs the stages; rank 0 alone holds the
 lock and checks the record (an error there stops every rank), and the ranks meet at every stage boundary,
@@ -25,7 +28,7 @@ import shlex
 import signal
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -38,7 +41,7 @@ from ltsearch.context import RunContext
 from ltsearch.errors import ConfigError, Interrupted, ResumeError, StorageError
 from ltsearch.guards import refuse_foreign, refuse_links
 from ltsearch.loggers import build_loggers
-from ltsearch.paths import DATA_RECORD, EVALUATE, FAILURE, RECORD, RESULTS
+from ltsearch.paths import DATA_RECORD, EVALUATE, FAILURE, MARKER, RECORD, RESULTS
 from ltsearch.rundir import RunLock, clear_failure, config_diff, read_record, write_failure, write_record
 from ltsearch.runtime import CLOSING, CONSOLE, Runtime, duration
 from ltsearch.seeding import seed_everything
@@ -97,6 +100,8 @@ def run_pipeline(cfg: Config, run_dir: Path, overrides: list[str] | None = None,
         lock.acquire()
         remove_stale_temporaries(run_dir, own_files=(RECORD, FAILURE, DATA_RECORD), own_folders=tuple(STAGES))
         check_record(run_dir, cfg, overrides or [], label)
+        if lock.taken_over and not (run_dir / FAILURE).exists():
+            _record_killed_session(run_dir, cfg, lock.taken_over)
 
     try:
         distributed.on_main(enter)
@@ -127,35 +132,45 @@ def run_pipeline(cfg: Config, run_dir: Path, overrides: list[str] | None = None,
 
 def _run_stages(ctx: RunContext) -> dict[str, Any]:
     """The selected stages in order, then the results to the callbacks; a stop of any kind is recorded in
-    failed.json first."""
+    failed.json first (see `_stopped`)."""
     run_dir, current, ran = ctx.run_dir, None, []
-    try:
-        with _sigterm_interrupts():
+    with _sigterm_interrupts() as stopping:
+        try:
             for name in [s for s in STAGES if s in ctx.cfg.stages]:
                 current = name
                 if _run_stage(ctx, name, STAGES[name]):
                     ran.append(name)
-        results = ctx.stage_dir(EVALUATE)
-        results = results.load_json(RESULTS) if results.done else {}
-        for hook in ctx.callbacks if EVALUATE in ran else ():
-            hook.on_results(results)
-    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (see below)
-        term = isinstance(exc, Interrupted) and exc.exit_code == 143
-        stop = Interrupted(f"{'terminated (SIGTERM)' if term else 'interrupted (Ctrl-C)'} in stage {current}; "
-                           f"resume with: ltsearch resume {shlex.quote(str(run_dir))}", 143 if term else 130)
-        _record_failure(run_dir, current, stop)
-        raise stop from None
-    except OSError as exc:
-        _record_failure(run_dir, current, exc)
-        if exc.errno not in _STORAGE_ERRNOS:
-            raise
-        raise StorageError(f"{_storage_problem(exc)}; stage {current} stopped and continues where it stopped "
-                           f"once that is fixed: ltsearch resume {shlex.quote(str(run_dir))}") from exc
-    except BaseException as exc:
-        _record_failure(run_dir, current, exc)
-        raise
+            results = ctx.stage_dir(EVALUATE)
+            results = results.load_json(RESULTS) if results.done else {}
+            for hook in ctx.callbacks if EVALUATE in ran else ():
+                hook.on_results(results)
+        except BaseException as exc:
+            stopping()
+            stop = _stopped(run_dir, current, exc)
+            if stop is exc:
+                raise
+            raise stop from (None if isinstance(exc, KeyboardInterrupt) else exc)
     clear_failure(run_dir)
     return results
+
+
+def _stopped(run_dir: Path, stage: str | None, exc: BaseException) -> BaseException:
+    """Record a stop in failed.json and return what to raise: for Ctrl-C and SIGTERM an `Interrupted` whose
+    one line says how to resume, for a full or read-only disk a `StorageError` naming the file, else the
+    error itself. Where the record cannot be written, the line (or a warning) says so and names the stage."""
+    resume = f"ltsearch resume {shlex.quote(str(run_dir))}"
+    if isinstance(exc, KeyboardInterrupt):  # Ctrl-C, or SIGTERM (see _sigterm_interrupts)
+        term = isinstance(exc, Interrupted) and exc.exit_code == 143
+        what, code = f"{'terminated (SIGTERM)' if term else 'interrupted (Ctrl-C)'} in stage {stage}", 143 if term else 130
+        unrecorded = _record_failure(run_dir, stage, Interrupted(f"{what}; resume with: {resume}", code))
+        return Interrupted(f"{what}{unrecorded}; resume with: {resume}", code)
+    unrecorded = _record_failure(run_dir, stage, exc)
+    if isinstance(exc, OSError) and exc.errno in _STORAGE_ERRNOS:
+        return StorageError(f"{_storage_problem(exc)}; stage {stage} stopped{unrecorded} and continues where it "
+                            f"stopped once that is fixed: {resume}")
+    if unrecorded:
+        log.warning("the run stopped in stage %s%s", stage, unrecorded)
+    return exc
 
 
 def _end(hooks: Sequence[Callback], error: BaseException | None) -> None:
@@ -184,28 +199,52 @@ def closing_line(cfg: Config, run_dir: Path, results: dict[str, Any], seconds: f
 _STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
 
 
-def _storage_problem(exc: OSError) -> str:
-    what = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+def _storage_reason(exc: OSError) -> str:
+    return {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
             errno.EROFS: "the filesystem is read-only"}.get(exc.errno or 0, exc.strerror or str(exc))
+
+
+def _storage_problem(exc: OSError) -> str:
+    what = _storage_reason(exc)
     return f"cannot write {exc.filename or 'a file'}: {what}" if exc.filename else f"a write failed: {what}"
 
 
-def _record_failure(run_dir: Path, stage: str | None, exc: BaseException) -> None:
-    """failed.json, if the filesystem still takes it (a full disk may refuse it too)."""
+def _record_failure(run_dir: Path, stage: str | None, exc: BaseException) -> str:
+    """failed.json, if the filesystem still takes it; else what to add to the line that reports the stop (a
+    full disk may refuse the record too): where the record should be and why it is not."""
     try:
         write_failure(run_dir, stage, exc)
     except OSError as problem:
-        log.warning("could not write %s (%s)", run_dir / FAILURE, problem.strerror or problem)
+        return f" (no failure record: cannot write {run_dir / FAILURE}: {_storage_reason(problem)})"
+    return ""
+
+
+def _record_killed_session(run_dir: Path, cfg: Config, holder: str) -> None:
+    """The failure record of a session that ended without writing one (killed: SIGKILL, out of memory, a
+    lost node, every process of a distributed run stopped at once), written when the run is resumed: the
+    stage it stopped in is the first selected one not done. This session replaces it when it ends."""
+    stage = next((s for s in STAGES if s in cfg.stages and not (run_dir / s / MARKER).exists()), None)
+    log.warning("the previous session of this run (%s) was killed in stage %s without a failure record; "
+                "resuming", holder, stage)
+    try:
+        write_failure(run_dir, stage, f"Killed: the session of {holder} ended without releasing the run's lock or "
+                                      f"writing this record (SIGKILL, out of memory, a lost node?)")
+    except OSError as problem:
+        log.warning("could not write %s (%s)", run_dir / FAILURE, _storage_reason(problem))
 
 
 @contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
+def _sigterm_interrupts() -> Iterator[Callable[[], None]]:
     """SIGTERM (a scheduler's or a user's `kill`) ends the run like Ctrl-C: with a failure record and a
     resume hint. Only where nobody else handles SIGTERM (a launcher such as submitit may) and only in the
-    main thread, which alone may install signal handlers."""
+    main thread, which alone may install signal handlers.
+
+    Yields `stopping()`, called once the run stops: from then on SIGTERM is ignored until the block ends, so
+    that the failure record gets written. A launcher sends it to every process of a distributed run as soon
+    as one of them dies, which is when the others record the error the dead peer caused."""
     if threading.current_thread() is not threading.main_thread() or \
             signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
-        yield
+        yield lambda: None
         return
 
     def terminate(signum: int, frame: object) -> None:
@@ -213,7 +252,7 @@ def _sigterm_interrupts() -> Iterator[None]:
 
     signal.signal(signal.SIGTERM, terminate)
     try:
-        yield
+        yield lambda: signal.signal(signal.SIGTERM, signal.SIG_IGN)
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 

@@ -64,8 +64,76 @@ def find_runs(folders: list[Path]) -> list[Path]:
     return sorted(runs)
 
 
-def _safe_json(path: Path) -> Any:
-    return load_json(path) if path.exists() else None
+class MalformedRecord(LtsearchError):
+    """A record of a run (run.json, results.json, ...) whose content is not what ltsearch writes: the message
+    names the file and the field."""
+
+
+class Fields:
+    """A JSON object of a run's records, read field by field: a field that is missing, or not of the kind
+    read, is named with its file (`evaluate/results.json: field density.target is missing`)."""
+
+    def __init__(self, data: Any, file: str, at: str = "") -> None:
+        if not isinstance(data, dict):
+            raise MalformedRecord(f"{file}: {f'field {at}' if at else 'its content'} is {_shown(data)}, not an "
+                                  f"object")
+        self.data, self.file, self.at = data, file, at
+
+    def _path(self, key: str) -> str:
+        return f"{self.at}.{key}" if self.at else key
+
+    def _fail(self, key: str, problem: str) -> MalformedRecord:
+        return MalformedRecord(f"{self.file}: field {self._path(key)} {problem}")
+
+    def value(self, key: str, default: Any = None) -> Any:
+        """A field's plain value (a number, a string, a list), `default` when it is missing or null."""
+        value = self.data.get(key)
+        if isinstance(value, dict):
+            raise self._fail(key, f"is {_shown(value)}, not a plain value")
+        return default if value is None else value
+
+    def number(self, key: str, required: bool = True) -> float | None:
+        value = self.data.get(key)
+        if value is None and not required:
+            return None
+        if key not in self.data:
+            raise self._fail(key, "is missing")
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self._fail(key, f"is {_shown(value)}, not a number")
+        return value
+
+    def text(self, key: str) -> str | None:
+        value = self.value(key)
+        if value is not None and not isinstance(value, str | int | float):
+            raise self._fail(key, f"is {_shown(value)}, not a string")
+        return None if value is None else str(value)
+
+    def obj(self, key: str, required: bool = False) -> Fields:
+        """A nested object (an empty one when it is missing or null and not `required`)."""
+        if key not in self.data and required:
+            raise self._fail(key, "is missing")
+        value = self.data.get(key)
+        return Fields({} if value is None and not required else value, self.file, self._path(key))
+
+    def objects(self, key: str) -> list[tuple[str, Fields]]:
+        """The entries of a nested object whose values are objects (per-layer or per-variant records)."""
+        group = self.obj(key)
+        return [(str(name), group.obj(name, required=True)) for name in group.data]
+
+
+def _shown(value: Any) -> str:
+    kind = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list",
+            dict: "an object", type(None): "null"}.get(type(value), type(value).__name__)
+    text = repr(value)
+    return kind if isinstance(value, dict | list) or len(text) > 40 else f"{kind} ({text})"
+
+
+def _fields(run_dir: Path, name: Path | str) -> Fields | None:
+    """A record of the run as `Fields`, None when the file does not exist."""
+    path = run_dir / name
+    if not path.exists():
+        return None
+    return Fields(load_json(path), str(path.relative_to(run_dir)))
 
 
 @dataclass
@@ -77,49 +145,57 @@ class RunData:
 
 
 def read_run(run_dir: Path) -> RunData:
-    record = _safe_json(run_dir / RECORD)
-    failure = _safe_json(run_dir / FAILURE)
+    record, failure = _fields(run_dir, RECORD), _fields(run_dir, FAILURE)
     if record is not None:
-        cfg = record["config"]
-        ident = {"method": record.get("label") or cfg["pruner"]["name"], "model": model_label(cfg["model"]),
-                 "dataset": dataset_label(cfg["dataset"]), "sparsity": float(cfg["sparsity"]), "seed": cfg["seed"],
-                 "when": cfg["pruner"].get("when")}
+        cfg = record.obj("config", required=True)
+        pruner = cfg.obj("pruner", required=True)
+        ident = {"method": record.text("label") or pruner.text("name"),
+                 "model": model_label(cfg.obj("model", required=True).data),
+                 "dataset": dataset_label(cfg.obj("dataset", required=True).data),
+                 "sparsity": float(cfg.number("sparsity") or 0), "seed": cfg.number("seed"),
+                 "when": pruner.text("when")}
     else:  # a job that failed before it wrote run.json (invalid config, ...): the sweep callback's record
-        job = (failure or {}).get("job") or {}
-        ident = {k: job.get(k) for k in ("method", "model", "dataset", "sparsity", "seed", "when")}
+        job = failure.obj("job") if failure is not None else Fields({}, FAILURE)
+        ident = {k: job.value(k) for k in ("method", "model", "dataset", "sparsity", "seed", "when")}
     row: dict[str, Any] = {**ident, "status": "unfinished", "run": str(run_dir)}
     data = RunData(row)
-    results = _safe_json(results_file(run_dir))
+    results = _fields(run_dir, results_file(run_dir).relative_to(run_dir))
     if results is not None:
-        pp = (results.get("pruning_point") or {}).get("pruning_point") or {}
-        times = results.get("wall_time", {})
-        cost = results.get("cost") or {}
-        ticket = ticket_cost(cost)
-        row.update(status="done", test_acc=results["test_acc"], acc_before_retrain=pp.get("test_acc"),
-                   density=results["density"]["target"], measured_density=results["density"]["measured"],
+        pp = results.obj("pruning_point").obj("pruning_point")
+        times, density = results.obj("wall_time"), results.obj("density", required=True)
+        ticket = ticket_cost(results.obj("cost").data)
+        row.update(status="done", test_acc=results.number("test_acc"), acc_before_retrain=pp.value("test_acc"),
+                   density=density.number("target"), measured_density=density.number("measured"),
                    # the ticket's cost: every stage but the sanity checks (results written before "ticket"
                    # existed called it "total")
-                   **{f"time_{s}": times.get(s) for s in STAGE_ORDER}, total_time=times.get("ticket", times.get("total")),
+                   **{f"time_{s}": times.value(s) for s in STAGE_ORDER},
+                   total_time=times.value("ticket", times.value("total")),
                    # hardware-independent: dense training epochs, including upstream work reused from the cache
                    cost_epochs=ticket.get("epochs"), cost_flops=ticket.get("flops"))
-        for i, (name, layer) in enumerate(results.get("layers", {}).items()):
-            data.layers.append({**ident, "layer": name, "index": i, "density": layer["density"],
-                                "kept": layer["kept"], "total": layer["total"]})
-    elif failure is not None:
-        row.update(status="failed", failed_stage=failure.get("stage"), error=failure.get("error"))
-    elif is_held(run_dir / LOCK):
+        for i, (name, layer) in enumerate(results.objects("layers")):
+            data.layers.append({**ident, "layer": name, "index": i, "density": layer.number("density"),
+                                "kept": layer.number("kept"), "total": layer.number("total")})
+    elif is_held(run_dir / LOCK):  # a resumed run, whose record of an earlier stop is replaced when it ends
         row["status"] = "running"
+    elif failure is not None:
+        row.update(status="failed", failed_stage=failure.text("stage"), error=failure.text("error"))
     if row.get("sparsity") is not None:
         row.setdefault("density", 1.0 - float(row["sparsity"]))
-    for level in _safe_json(levels_file(run_dir)) or []:
-        data.levels.append({**ident, **{k: level.get(k) for k in ("level", "density", "kept", "total",
-                                                                   "test_acc")}})
-    sanity = _safe_json(sanity_file(run_dir))
+    levels_path = levels_file(run_dir)
+    levels = load_json(levels_path) if levels_path.exists() else []
+    if not isinstance(levels, list):
+        raise MalformedRecord(f"{levels_path.relative_to(run_dir)}: its content is {_shown(levels)}, not a list")
+    for n, level in enumerate(levels):
+        level = Fields(level, str(levels_path.relative_to(run_dir)), f"[{n}]")
+        data.levels.append({**ident, **{k: level.value(k) for k in ("level", "density", "kept", "total",
+                                                                     "test_acc")}})
+    sanity = _fields(run_dir, sanity_file(run_dir).relative_to(run_dir))
     if sanity is not None:
-        for variant, v in sanity["variants"].items():
-            data.sanity.append({**ident, "variant": variant, "ticket_acc": sanity["ticket_accuracy"],
-                                "accuracy": v["accuracy"], "margin": v["margin"], "passed": v["passed"],
-                                "threshold": sanity["threshold"], "skipped_reason": v["skipped_reason"]})
+        for variant, v in sanity.objects("variants"):
+            data.sanity.append({**ident, "variant": variant, "ticket_acc": sanity.number("ticket_accuracy"),
+                                "accuracy": v.number("accuracy", required=False), "margin": v.number("margin", required=False),
+                                "passed": v.value("passed"), "threshold": sanity.number("threshold"),
+                                "skipped_reason": v.value("skipped_reason")})
     return data
 
 
@@ -138,13 +214,15 @@ class Report:
 
 
 def _read_or_skip(run_dir: Path) -> RunData | None:
-    """A run whose records are malformed (hand-edited, from another tool) is skipped with a warning naming it."""
+    """A run whose records are malformed (hand-edited, from another tool) is skipped with a warning naming it,
+    the file and the field."""
     try:
         return read_run(run_dir)
-    except (LtsearchError, LookupError, TypeError, ValueError, AttributeError) as exc:
-        reason = exc if isinstance(exc, LtsearchError) else f"{type(exc).__name__}: {exc}"
-        log.warning("skipping %s: its records are malformed (%s)", run_dir, reason)
-        return None
+    except LtsearchError as exc:
+        log.warning("skipping %s: a record is malformed (%s)", run_dir, exc)
+    except (LookupError, TypeError, ValueError, AttributeError) as exc:  # a field read without `Fields`
+        log.warning("skipping %s: a record is malformed (%s: %s)", run_dir, type(exc).__name__, exc)
+    return None
 
 
 def build_report(folders: list[Path]) -> Report:

@@ -40,6 +40,7 @@ class RunLock:
     def __init__(self, run_dir: Path) -> None:
         self.path = Path(run_dir) / LOCK
         self._fd: int | None = None
+        self.taken_over = ""  # the holder a stale lock named (a session that was killed), once acquired
 
     def acquire(self) -> None:
         fd = open_lock_file(self.path)
@@ -60,6 +61,7 @@ class RunLock:
         if previous:
             log.warning("%s: taking over the stale lock of %s, which ended without releasing it (killed?)",
                         self.path.parent, previous)
+            self.taken_over = previous
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.ctime()}\n".encode(), 0)
         self._fd = fd
@@ -263,10 +265,11 @@ def config_diff(recorded: dict[str, Any], current: dict[str, Any], ignore: tuple
     return lines
 
 
-def write_failure(run_dir: Path, stage: str | None, error: BaseException) -> None:
-    save_json(Path(run_dir) / FAILURE, {
-        "stage": stage, "error": f"{type(error).__name__}: {str(error).strip()}", "time": time.time(),
-    })
+def write_failure(run_dir: Path, stage: str | None, error: BaseException | str) -> None:
+    """failed.json: the stage a session stopped in and why (an exception, or a sentence); rank 0 writes it."""
+    if distributed.is_main():
+        text = error if isinstance(error, str) else f"{type(error).__name__}: {str(error).strip()}"
+        save_json(Path(run_dir) / FAILURE, {"stage": stage, "error": text, "time": time.time()})
 
 
 def clear_failure(run_dir: Path) -> None:

@@ -34,9 +34,11 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 
 def make_config(*overrides: str) -> Config:
     """Compose `conf/config.yaml` with overrides exactly as `ltsearch run` would, then validate."""
+    from ltsearch.models.custom import constructor_overrides
+
     register_configs()
     with initialize_config_module(config_module="ltsearch.conf", version_base="1.3"):
-        cfg = compose(config_name="config", overrides=list(overrides))
+        cfg = compose(config_name="config", overrides=constructor_overrides(overrides))
     return to_config(cfg)
 
 

@@ -7,8 +7,11 @@
   the artifact cache is created (so a partial temporary exists, as on a real full disk), but its bytes go
   to /dev/full, whose writes fail with ENOSPC.
 - cache_read_only: the artifact cache refuses every file creation with EROFS, as a read-only mount does.
+- disk_full_with_record: disk_full_in_run, and the run's failure record (failed.json) cannot be written either.
 - ctrl_c_in_retrain / sigterm_in_retrain: the process sends itself SIGINT / SIGTERM when retraining
   reaches its second epoch, as a user's Ctrl-C or a scheduler's kill would.
+- peer_lost_in_retrain: retraining's second epoch fails as a collective fails when another process of the run
+  dies, and SIGTERM arrives while the failure is being recorded, as torchrun sends it to the survivors.
 
 `sandboxed(cmd, readonly)` wraps a command so that it runs in its own user and mount namespace with the
 given folders bind-mounted read-only (a real read-only filesystem, without privileges); `can_sandbox()`
@@ -82,12 +85,39 @@ def _signal_in_retrain(signum: int) -> Callable[[], None]:
     return lambda: setattr(Trainer, "train_epoch", original)
 
 
+def _peer_lost_in_retrain() -> Callable[[], None]:
+    import ltsearch.rundir as rundir
+    from ltsearch.training.trainer import Trainer
+
+    original_epoch, original_save = Trainer.train_epoch, rundir.save_json
+
+    def train_epoch(self, epoch, *args, **kwargs):
+        if self.stream == "retrain" and epoch == 1:  # what gloo raises in a collective whose peer died
+            raise RuntimeError("[gloo/transport/tcp/pair.cc:545] Read error: Connection reset by peer")
+        return original_epoch(self, epoch, *args, **kwargs)
+
+    def save_json(path, *args, **kwargs):
+        if Path(path).name == "failed.json":
+            os.kill(os.getpid(), signal.SIGTERM)  # the launcher stops the survivors
+        return original_save(path, *args, **kwargs)
+
+    Trainer.train_epoch, rundir.save_json = train_epoch, save_json
+
+    def undo() -> None:
+        Trainer.train_epoch, rundir.save_json = original_epoch, original_save
+
+    return undo
+
+
 FAULTS: dict[str, Callable[[], Callable[[], None]]] = {
     "disk_full_in_run": lambda: _to_dev_full(lambda p: "retrain" in p.parts and "artifacts" not in p.parts),
     "disk_full_in_cache": lambda: _to_dev_full(lambda p: "artifacts" in p.parts),
+    "disk_full_with_record": lambda: _to_dev_full(lambda p: ("retrain" in p.parts or p.name.startswith(".failed.json"))
+                                                  and "artifacts" not in p.parts),
     "cache_read_only": _read_only_cache,
     "ctrl_c_in_retrain": lambda: _signal_in_retrain(signal.SIGINT),
     "sigterm_in_retrain": lambda: _signal_in_retrain(signal.SIGTERM),
+    "peer_lost_in_retrain": _peer_lost_in_retrain,
 }
 
 

@@ -97,7 +97,7 @@ def test_apply_masks_attaches_or_bakes_them():
 
 
 def test_bad_inputs_give_one_clear_error():
-    with pytest.raises(ConfigError, match="pruner/nope"):
+    with pytest.raises(ConfigError, match="pruner=nope: no such option; the options of pruner are cts, cts_kl"):
         ltsearch.find_ticket(toy_model(), toy_data(), method="nope")
     with pytest.raises(DataError, match="must pair up"):
         ltsearch.find_ticket(toy_model(), (torch.zeros(4, 20), torch.zeros(3, dtype=torch.long)))

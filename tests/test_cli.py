@@ -9,6 +9,7 @@ call `ltsearch.cli.main` in process, which is the same code without the interpre
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -113,6 +114,57 @@ def test_cfg_job_prints_the_composed_config(tmp_path, cli, monkeypatch):
 
 def test_numbers_for_config_groups_are_refused_in_one_line(cli):
     assert "model is a config group" in one_line_error(cli("run", "model=0.993"))
+
+
+# -- refusals: one line, without Hydra's framing; crashes keep it ----------------------------------------------
+def refusal(result: tuple[int, str, str]) -> str:
+    """A refused run: exit status 1 (as Hydra gives it), and stderr is ltsearch's one sentence."""
+    rc, _, err = result
+    assert rc == 1, result
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ltsearch: error: "), err
+    return lines[0]
+
+
+def test_a_refusal_is_its_sentence_alone(tmp_path, cli):
+    """Refused in the task (an invalid value; a second writer on a run folder) and by Hydra while composing
+    (an unknown key, an option that does not exist, an override that does not parse): one line each."""
+    from ltsearch.locks import open_lock_file, try_lock
+
+    run = ["run", *TINY, THREADS, "pruner=magnitude", STAGES]
+    assert "sparsity must be in [0, 1)" in refusal(cli(*run, "sparsity=1.0", f"hydra.run.dir={tmp_path / 'a'}"))
+    held = tmp_path / "held"
+    fd = open_lock_file(held / ".lock")
+    try:
+        assert try_lock(fd)
+        assert "is in use by" in refusal(cli(*run, f"hydra.run.dir={held}"))
+    finally:
+        os.close(fd)
+    assert refusal(cli(*run, "sparsty=0.5", "--cfg", "job")) == (
+        "ltsearch: error: unknown config key sparsty (did you mean sparsity?): ltsearch has no such setting "
+        "(`ltsearch run --cfg job` prints every key)")
+    assert "pruner=nope: no such option; the options of pruner are cts, cts_kl," in refusal(
+        cli(*run, "pruner=nope", "--cfg", "job"))
+    assert "cannot parse the override 'sparsity=[0.5'" in refusal(cli(*run, "sparsity=[0.5", "--cfg", "job"))
+    assert refusal(cli(*run, "model.depht=3", "--cfg", "job")).startswith(
+        "ltsearch: error: unknown config key model.depht (did you mean model.depth?)")
+
+
+def test_a_crash_keeps_hydras_framing_and_its_trace(tmp_path, cli, monkeypatch):
+    """An error that is not a refusal is a bug: Hydra's report (the job's overrides, the trace, the
+    HYDRA_FULL_ERROR hint) stays, since the trace helps."""
+    import dataclasses
+
+    from ltsearch.stages import STAGES as REGISTRY
+
+    def broken(ctx, out):
+        raise RuntimeError("a bug in a stage")
+
+    monkeypatch.setitem(REGISTRY, "rewind", dataclasses.replace(REGISTRY["rewind"], run=broken))
+    rc, _, err = cli("run", *TINY, THREADS, "pruner=magnitude", STAGES, f"hydra.run.dir={tmp_path / 'run'}")
+    assert rc == 1
+    assert "Error executing job with overrides" in err and "Traceback" in err and "a bug in a stage" in err
+    assert "HYDRA_FULL_ERROR=1" in err
 
 
 # -- a sweep, relaunched -----------------------------------------------------------------------------------

@@ -96,3 +96,72 @@ def test_bad_targets_are_one_clear_error(overrides, message):
     with pytest.raises(ConfigError, match=message):
         cfg = make_config(*overrides, *IMAGES)
         build_model(cfg.model, (3, 32, 32), 4, seed=0)
+
+
+# -- constructor arguments beside _target_, as hydra.utils.instantiate reads them ---------------------------------
+@pytest.mark.parametrize("spelling", ["model.num_classes=4", "+model.num_classes=4", "++model.num_classes=4",
+                                      "model.args.num_classes=4", "+model.args.num_classes=4"])
+def test_a_constructor_argument_beside_target_or_under_args(spelling):
+    cfg = make_config(*TORCHVISION, spelling, "model.width=6", *IMAGES)
+    assert cfg.model.args == {"num_classes": 4, "width": 6}  # width: the constructor's, not the built-ins'
+    assert cfg.model.width == 0
+
+
+def test_the_command_line_passes_arguments_beside_target_to_the_constructor(tmp_path, monkeypatch, capsys):
+    import yaml
+
+    from ltsearch.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", *TORCHVISION, "model.num_classes=4", "+model.zero_init_residual=true", "--cfg", "job"]) == 0
+    model = yaml.safe_load(capsys.readouterr().out)["model"]
+    assert model["args"] == {"num_classes": 4, "zero_init_residual": True}
+    assert main(["run", "model=cnn1d", "model.num_classes=4", "--cfg", "job"]) == 1  # not a custom model
+    assert "unknown config key model.num_classes" in capsys.readouterr().err
+
+
+def test_the_rewrite_leaves_other_models_and_settings_alone():
+    from ltsearch.models.custom import constructor_overrides
+
+    plain = ["model=resnet18", "model.width=32", "+model.num_classes=4"]
+    assert constructor_overrides(plain) == plain
+    custom = ["model=custom", "model._target_=a.B", "model.exclude=[fc.weight]", "model.depth=3", "~model.act",
+              "+model.args.k=1", "model.args.j=2", "model.name=custom"]
+    rewritten = constructor_overrides(custom)
+    assert rewritten == ["model=custom", "model._target_=a.B", "model.exclude=[fc.weight]", "++model.args.depth=3",
+                         "~model.args.act", "+model.args.k=1", "++model.args.j=2", "model.name=custom"]
+    assert constructor_overrides(rewritten) == rewritten
+
+
+def test_every_refusal_of_a_custom_models_key_names_the_accepted_spelling():
+    from hydra import compose, initialize_config_module
+
+    from ltsearch.compose import error_line, register_configs
+    from ltsearch.models import model_config
+
+    # a config file (no rewrite) with an argument beside _target_: Hydra refuses it; the line says how
+    register_configs()
+    with pytest.raises(Exception) as refused, initialize_config_module("ltsearch.conf", version_base="1.3"):
+        compose("config", overrides=["model=custom", "model._target_=a.B", "model.num_classes=3"])
+    assert error_line(refused.value) == (
+        "model.num_classes is not a setting of model=custom: a constructor argument is model.num_classes=VALUE "
+        "or +model.args.num_classes=VALUE on the command line, model.args.num_classes in a config file")
+    # a setting of the built-in models, which a constructor never sees
+    with pytest.raises(ValueError, match=r"model.width=6 is a setting of the built-in models, which model=custom "
+                                         r"does not read: a constructor argument is model.width=VALUE"):
+        model_config({"name": "custom", "_target_": "a.B", "width": 6})
+
+
+def test_a_misspelt_setting_of_a_custom_model_is_named(tmp_path):
+    import sys
+
+    (tmp_path / "mynets.py").write_text(OWN_MODULE)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        cfg = make_config("model=custom", "model._target_=mynets.TinyNet", "model.exclud=[head.weight]", *IMAGES)
+        with pytest.raises(ConfigError, match=r"unexpected keyword argument 'exclud'; did you mean model.exclude\? "
+                                              r"\(model.exclud went to the constructor\)"):
+            build_model(cfg.model, (3, 32, 32), 4, seed=0)
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("mynets", None)

@@ -2,9 +2,10 @@
 
 A 2-process run computes what a 1-process run with the same global batch computes (mask, scores and
 accuracies to float tolerance, CTS with pruner.ddp_lambda=global), only rank 0 writes the run folder,
-SIGKILL of one rank in the middle of retraining followed by a resume reproduces the uninterrupted 2-process
-run exactly, GradBalance's lambda* over ranks matches a hand computation in both modes, and a failing rank
-stops the job with one message. Select them with `-m distributed`.
+SIGKILL of one rank in the middle of retraining leaves a failure record (written by rank 0, which survives)
+and a resume reproduces the uninterrupted 2-process run exactly, GradBalance's lambda* over ranks matches a
+hand computation in both modes, and a failing rank stops the job with one message. Select them with
+`-m distributed`.
 """
 
 from __future__ import annotations
@@ -207,11 +208,14 @@ def test_sigkill_of_one_rank_mid_retrain_then_resume_reproduces_the_uninterrupte
     start = time.monotonic()
     assert proc.wait(timeout=60) != 0  # torchrun stops rank 0 too: no hang
     assert time.monotonic() - start < 30
+    failed = json.loads((run_dir / "failed.json").read_text())  # recorded by rank 0, which survived the kill
+    assert failed["stage"] == "retrain", failed
     resumed = kr.launch(torchrun("resume", str(run_dir)), tmp_path / "resume.log")
     assert resumed.wait(timeout=TIMEOUT) == 0, (tmp_path / "resume.log").read_text()[-3000:]
     log = (run_dir / "run.log").read_text()
     assert "retrain: resuming at epoch" in log
     assert kr.differences(kr.comparable(runs["two"]), kr.comparable(run_dir)) == []
+    assert not (run_dir / "failed.json").exists()
 
 
 def test_a_failing_rank_stops_the_job_with_one_message(tmp_path):

@@ -1,4 +1,4 @@
-"""SIGKILL a run at any moment, resume it, and get exactly the numbers of an uninterrupted run (issues 2, 7).
+"""SIGKILL a run at any moment, resume it, and get exactly the numbers of an uninterrupted run.
 
 The short version of scripts/kill_resume.py (which makes 20+ kills): the reference runs in the background
 while two runs are SIGKILLed in the middle of retraining and resumed, one with `ltsearch resume RUN_DIR`,

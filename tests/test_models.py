@@ -205,3 +205,24 @@ def test_model_dataset_mismatch_is_a_config_error(overrides, match):
 def test_unknown_model_name_is_a_config_error():
     with pytest.raises(ConfigError, match="unknown model.name"):
         make_config("model.name=resnet999")
+
+
+def test_a_cifar_resnet_on_large_images_warns_once_naming_the_imagenet_resnet(tmp_path):
+    """model=resnet18 on 96 px images is the CIFAR ResNet-18 at full resolution (9x the cost per layer; 49x at
+    224 px): the run says so once, however often it builds the network, and names model=resnet18_imagenet."""
+    from ltsearch.models.resnet import stem_advice
+    from tests.test_bad_inputs import cli
+
+    cfg = make_config("model=resnet20")
+    assert stem_advice(cfg.model, (3, 32, 32)) is None and stem_advice(cfg.model, (3, 64, 64)) is None
+    assert "the CIFAR ResNet-20" in stem_advice(cfg.model, (3, 96, 96))
+    assert stem_advice(make_config("model=resnet18_imagenet").model, (3, 224, 224)) is None
+    run_dir = tmp_path / "run"
+    rc, _, err = cli("run", "model=resnet18", "model.width=2", "dataset=fake", "dataset.shape=[3,96,96]",
+                     "dataset.num_classes=3", "dataset.train_size=16", "dataset.test_size=8", "train=tiny",
+                     "train.batch_size=8", "train.epochs=2", "runtime.progress=false", "runtime.threads=1",
+                     "pruner=random", "stages=[search,rewind,retrain]", f"hydra.run.dir={run_dir}")
+    assert rc == 0, err
+    warnings = [ln for ln in (run_dir / "run.log").read_text().splitlines() if "CIFAR ResNet-18" in ln]
+    assert len(warnings) == 1 and "[WARNING]" in warnings[0], warnings  # though every stage builds the network
+    assert "96x96 inputs" in warnings[0] and "use model=resnet18_imagenet" in warnings[0]

@@ -56,3 +56,24 @@ def test_everyday_commands_compose(args, capsys, monkeypatch):
         GlobalHydra.instance().clear()
     out, err = capsys.readouterr()
     assert rc == 0 and "sparsity:" in out, err
+
+
+def test_everyday_commands_name_the_users_data_not_the_ci_folder(capsys, monkeypatch):
+    """../shared/datasets exists beside this repository's CI checkout only; a user types ~/data (which a
+    shell such as zsh leaves unexpanded after `=`: ltsearch takes it as it is)."""
+    assert "dataset.root=../shared" not in README
+    runs = everyday_runs()
+    assert any("dataset.root=~/data" in args and "dataset.download=true" in args for args in runs)
+    assert any(a.startswith("dataset.root=~/") and a.endswith(".tar.gz") for args in runs for a in args)
+    monkeypatch.setattr(sys, "argv", ["ltsearch", "run"])
+    try:
+        assert cli.main(["run", "dataset.root=~/data", "--cfg", "job"]) == 0
+    finally:
+        GlobalHydra.instance().clear()
+    assert "root: ~/data" in capsys.readouterr().out
+
+
+def test_section_titles_name_their_topic_not_an_issue():
+    for doc in ("README.md", "BENCHMARKS.md"):
+        titles = [line for line in (REPO / doc).read_text().splitlines() if line.startswith("#")]
+        assert not [t for t in titles if re.search(r"\bissues? #?\d", t, re.I)], doc

@@ -233,6 +233,44 @@ def _without_times(obj):
     return obj
 
 
+def test_the_failure_is_recorded_though_sigterm_arrives_while_it_is_written(tmp_path):
+    """A process of a distributed run dies: the survivor's collective fails, and the launcher's SIGTERM
+    arrives as the survivor records that failure. The record is written all the same (SIGTERM is ignored
+    once the run is stopping), and the process ends with its own error, not killed by the signal."""
+    from tests import faults
+    from tests.conftest import REPO
+
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "LTSEARCH_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run(faults.command("peer_lost_in_retrain", ["run", *FAST, f"hydra.run.dir={run_dir}"]),
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, (proc.returncode, proc.stderr[-2000:])
+    failed = json.loads((run_dir / "failed.json").read_text())
+    assert failed["stage"] == "retrain" and "Connection reset by peer" in failed["error"]
+
+
+def test_a_session_killed_without_a_record_is_recorded_when_the_run_is_resumed(tmp_path, tiny):
+    """Every process of a run killed at once (SIGKILL, out of memory, a lost node) leaves no failure record:
+    the session that resumes the run writes it (the first stage not done, the killed holder of the lock),
+    and replaces it when it ends."""
+    from ltsearch.training.loop import Callback
+
+    cfg = make_config(*tiny, "pruner=magnitude", "stages=[search]")
+    run_pipeline(cfg, tmp_path)
+    (tmp_path / ".lock").write_text("pid 4242 on elsewhere since Mon Jan  5 10:00:00 2026\n")  # as a kill leaves it
+    seen = {}
+
+    class Look(Callback):
+        def on_run_start(self, run_dir, config, label):
+            seen.update(json.loads((run_dir / "failed.json").read_text()))
+
+    run_pipeline(make_config(*tiny, "pruner=magnitude", "stages=[search,rewind]"), tmp_path, callbacks=[Look()])
+    assert seen["stage"] == "rewind"
+    assert seen["error"].startswith("Killed: the session of pid 4242 on elsewhere since Mon Jan  5 10:00:00 2026 "
+                                    "ended without releasing the run's lock or writing this record")
+    assert not (tmp_path / "failed.json").exists()  # this session finished
+
+
 def test_truncated_checkpoint_is_detected_and_skipped(tmp_path, tiny, monkeypatch, caplog):
     overrides = [*tiny, "pruner=magnitude", "pruner.when=rewind", "train.epochs=5", "train.schedule=cosine",
                  "stages=[search,rewind,retrain,evaluate]", "runtime.cache=false"]  # both runs compute all

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import warnings
 from pathlib import Path
 
@@ -240,3 +241,44 @@ def test_tables_stay_readable_at_100_columns(sweep):
         # every row on one line: the next `rows` lines all start with a method name
         assert all(line.split()[0] in ("ltr", "snip", "MNIST", "mnist") for line in body[start:start + rows]), \
             "\n".join(body[:start + rows])
+
+
+@pytest.mark.parametrize(("file", "change", "message"), [
+    ("run.json", lambda r: {**r, "config": 5}, "run.json: field config is a number (5), not an object"),
+    ("run.json", lambda r: {**r, "config": {k: v for k, v in r["config"].items() if k != "pruner"}},
+     "run.json: field config.pruner is missing"),
+    ("run.json", lambda r: [r], "run.json: its content is a list, not an object"),
+    ("evaluate/results.json", lambda r: {"test_acc": 0.5}, "evaluate/results.json: field density is missing"),
+    ("evaluate/results.json", lambda r: {**r, "density": {"target": "x", "measured": 0.1}},
+     "evaluate/results.json: field density.target is a string ('x'), not a number"),
+    ("evaluate/results.json", lambda r: {**r, "layers": {"fc1.weight": 3}},
+     "evaluate/results.json: field layers.fc1.weight is a number (3), not an object"),
+    ("sanity/sanity.json", lambda r: {**r, "variants": {"shuffle": {"accuracy": [1]}}},
+     "sanity/sanity.json: field variants.shuffle.accuracy is a list, not a number"),
+    ("failed.json", lambda r: {"stage": {"a": 1}}, "failed.json: field stage is an object, not a plain value"),
+])
+def test_a_malformed_run_is_skipped_naming_its_file_and_field(tmp_path, caplog, file, change, message):
+    fake_run(tmp_path, "ltr", 0.9, 0, 0.97)
+    bad = fake_run(tmp_path, "ltr", 0.9, 1, 0.96, margins={"shuffle": 0.05})
+    if file == "failed.json":
+        (bad / "evaluate" / "results.json").unlink()
+        _write(bad / file, {})
+    _write(bad / file, change(json.loads((bad / file).read_text())))
+    with caplog.at_level("WARNING"):
+        report = build_report([tmp_path])
+    assert list(report.runs["seed"]) == [0]  # the rest is reported
+    (warning,) = [r.getMessage() for r in caplog.records if "skipping" in r.getMessage()]
+    assert warning == f"skipping {bad}: a record is malformed ({message})"
+
+
+def test_a_resumed_run_is_running_though_an_earlier_stop_left_its_record(tmp_path):
+    from ltsearch.locks import open_lock_file, try_lock
+
+    run = fake_run(tmp_path, "ltr", 0.9, 0, failed="Interrupted: interrupted (Ctrl-C) in stage retrain")
+    assert list(build_report([tmp_path]).runs["status"]) == ["failed"]
+    fd = open_lock_file(run / ".lock")
+    try:
+        assert try_lock(fd)  # the session that resumes it holds the lock
+        assert list(build_report([tmp_path]).runs["status"]) == ["running"]
+    finally:
+        os.close(fd)

@@ -238,7 +238,7 @@ def _results(run: Path) -> dict:
 @pytest.mark.parametrize("fault,code,first_line", [
     ("ctrl_c_in_retrain", 130, "ltsearch: interrupted (Ctrl-C) in stage retrain; resume with: ltsearch resume "),
     ("sigterm_in_retrain", 143, "ltsearch: terminated (SIGTERM) in stage retrain; resume with: ltsearch resume "),
-    ("disk_full_in_run", 1, "cannot write "),
+    ("disk_full_in_run", 1, "ltsearch: error: cannot write "),
 ])
 def test_fault_then_resume_reproduces_the_uninterrupted_run(tmp_path, reference, fault, code, first_line):
     run = tmp_path / "run"

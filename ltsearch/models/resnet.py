@@ -1,5 +1,9 @@
 """CIFAR ResNets: ResNet-20/32/56 (He et al. 2016, widths w/2w/4w) and ResNet-18 (widths 64..512).
 
+Their stem keeps the full resolution (a 3x3 stride-1 conv, no max-pool): made for 32 px images, they compute
+every layer of a 224 px image at 49 times CIFAR's cost and memory; `stem_advice` says so (once per run, see
+`ltsearch.context`) and names the ImageNet ResNets instead.
+
 `model.shortcut` chooses the projection where the shape changes: `conv1x1` (open_lth, 272,474
 parameters for ResNet-20) or `conv3x3` (the CTS authors' variant, stride-2 3x3 convs). Both are followed
 by BatchNorm and both projections are prunable.
@@ -81,3 +85,20 @@ def build_resnet18(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: 
     width = cfg.width or 64
     return ResNet(input_shape[0], [width, 2 * width, 4 * width, 8 * width], [2, 2, 2, 2], cfg.shortcut,
                   num_classes)
+
+
+# The input size from which a CIFAR stem is the wrong network: STL-10's 96 px and above (ImageNet, Tiny-ImageNet
+# upsampled, image folders of photos).
+LARGE_INPUT = 96
+
+
+def stem_advice(cfg: ModelConfig, input_shape: tuple[int, ...]) -> str | None:
+    """A warning when a CIFAR ResNet gets inputs of LARGE_INPUT px or more, else None."""
+    if cfg.name not in ("resnet_cifar", "resnet18") or len(input_shape) != 3 or min(input_shape[1:]) < LARGE_INPUT:
+        return None
+    net = "ResNet-18" if cfg.name == "resnet18" else f"ResNet-{cfg.depth or 20}"
+    height, width = input_shape[1:]
+    return (f"model {cfg.name} is the CIFAR {net} (3x3 stem, no max-pool), made for 32 px images: on {height}x"
+            f"{width} inputs every layer computes at full resolution, {height * width / 1024:.0f}x the time and "
+            f"memory of a CIFAR image; for images of {LARGE_INPUT} px or more use model=resnet18_imagenet (or "
+            f"model=resnet50: torchvision's ResNets, 7x7 stride-2 stem and max-pool)")
