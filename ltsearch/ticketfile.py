@@ -12,7 +12,8 @@ Layout (safetensors, so any safetensors reader can list it; `read` rebuilds the 
                     j is entry 8j + i: little bit order)
     kept/<name>     the weight's values where its mask is True, in the weight's own dtype
     tensor/<name>   every other tensor of the state dict, whole
-    __metadata__    format ("ltsearch-ticket"), format_version, meta (JSON), sha256 (of the payload)
+    __metadata__    {"ltsearch": JSON text of {format: "ltsearch-ticket", format_version: 1, sha256: the
+                    payload's checksum, meta: {...}}}
 
 `read` rebuilds exactly the tensors that were written: every whole tensor and every kept value bit for bit,
 and the masked weights as zeros where their mask is False (a stored -0.0 there comes back as +0.0). The
@@ -41,6 +42,7 @@ from ltsearch.version import __version__
 
 FORMAT = "ltsearch-ticket"
 FORMAT_VERSION = 1
+HEADER_KEY = "ltsearch"  # the one entry of the safetensors metadata: JSON of format, version, checksum, meta
 SUFFIX = ".safetensors"
 MASK, KEPT, WHOLE = "mask/", "kept/", "tensor/"
 _MAX_HEADER = 100_000_000  # safetensors' own limit on the JSON header
@@ -123,10 +125,17 @@ def encode(state: dict[str, Tensor], masks: Masks, meta: dict[str, Any]) -> byte
     meta = {**meta, "density": {"mask": kept / total if total else 1.0, "kept": kept, "total": total,
                                 "measured": nonzero / total if total else 1.0, "nonzero": nonzero},
             "masked": layers, "dense_bytes": dense_bytes(state)}
-    meta_json = json.dumps(meta, sort_keys=True, allow_nan=False)
-    header = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "meta": meta_json,
-              "sha256": payload_digest(meta_json, tensors)}
-    return save(tensors, metadata=header)
+    meta_json = canonical(meta)
+    # one metadata entry: safetensors keeps its metadata in a hash map, so several entries would come out in
+    # another order in every process, and the same ticket would not give the same bytes
+    header = {"format": FORMAT, "format_version": FORMAT_VERSION, "sha256": payload_digest(meta_json, tensors),
+              "meta": meta}
+    return save(tensors, metadata={HEADER_KEY: json.dumps(header, sort_keys=True, allow_nan=False)})
+
+
+def canonical(meta: dict[str, Any]) -> str:
+    """The JSON text of a header's meta that its checksum covers."""
+    return json.dumps(meta, sort_keys=True, allow_nan=False)
 
 
 def write(path: str | Path, state: dict[str, Tensor], masks: Masks, meta: dict[str, Any]) -> int:
@@ -178,27 +187,31 @@ def _header(data: bytes, path: Path) -> dict[str, Any]:
 
 
 def _meta(header: dict[str, Any], path: Path) -> tuple[dict[str, Any], str, str]:
-    info = header.get("__metadata__")
+    text = (header.get("__metadata__") or {}).get(HEADER_KEY) if isinstance(header.get("__metadata__"), dict) \
+        else None
+    try:
+        info = json.loads(text) if isinstance(text, str) else None
+    except json.JSONDecodeError:
+        info = None
     if not isinstance(info, dict) or info.get("format") != FORMAT:
         raise ArtifactError(f"{path} is a safetensors file but not an ltsearch ticket file (its header names no "
                             f"format {FORMAT!r}); ltsearch export writes those")
-    try:
-        version = int(info.get("format_version", ""))
-    except ValueError:
-        raise ArtifactError(f"{path}: format_version {info.get('format_version')!r} is not a number") from None
+    version = info.get("format_version")
+    if not isinstance(version, int):
+        raise ArtifactError(f"{path}: format_version {version!r} is not a number")
     if version > FORMAT_VERSION:
         raise ArtifactError(f"{path} was written by a newer ltsearch (ticket format version {version}; this "
                             f"ltsearch {__version__} reads version {FORMAT_VERSION} and older): upgrade ltsearch "
                             f"(pip install -U ltsearch)")
-    meta_json, checksum = info.get("meta"), info.get("sha256")
-    if not isinstance(meta_json, str) or not isinstance(checksum, str):
+    meta, checksum = info.get("meta"), info.get("sha256")
+    if not isinstance(meta, dict) or not isinstance(checksum, str):
         raise ArtifactError(f"{path}: its header lacks the meta or the checksum of a ticket file")
-    try:
-        meta = json.loads(meta_json)
-    except json.JSONDecodeError:
-        raise ArtifactError(f"{path}: its meta is not JSON") from None
-    if not isinstance(meta, dict) or not isinstance(meta.get("masked"), dict):
+    if not isinstance(meta.get("masked"), dict):
         raise ArtifactError(f"{path}: its meta does not describe the masked weights")
+    try:
+        meta_json = canonical(meta)
+    except ValueError:
+        raise ArtifactError(f"{path}: its meta holds a value JSON does not allow (NaN, infinity)") from None
     return meta, meta_json, checksum
 
 
