@@ -236,21 +236,23 @@ def _set(model: nn.Module, name: str, module: nn.Module) -> None:
 
 
 def sparsify(model: nn.Module, example: Tensor, *, kernels: tuple[str, ...] = KERNELS, force: str | None = None,
-             max_density: float = 0.5, budget: float = 0.03) -> nn.Module:
+             plan: dict[str, str] | None = None, max_density: float = 0.5, budget: float = 0.03) -> nn.Module:
     """A copy of `model` (masks made permanent, eval mode, on `example`'s device) whose linear and conv layers
     compute with sparse kernels where that is faster for inputs like `example` (a batch of network inputs).
 
     Each layer is timed on the input it gets from `example`: dense against every kernel of `kernels` that
     fits it, `budget` seconds per candidate; the fastest stays. `force="csr"` (or "bsr", "dense") takes that
-    kernel for every layer it fits, without timing. Layers denser than `max_density` stay dense untimed.
-    The returned model's `sparse_plan` lists a `LayerChoice` per layer.
+    kernel for every layer it fits, without timing; `plan` (layer name -> kernel, e.g. from an earlier
+    `sparse_plan`) takes the kernel it names for each layer, without timing. Layers denser than
+    `max_density` stay dense untimed. The returned model's `sparse_plan` lists a `LayerChoice` per layer.
     """
     if force is not None and force not in (*KERNELS, "dense"):
         raise ValueError(f"force={force!r}: choose one of dense, {', '.join(KERNELS)}")
     net = without_masks(model).to(example.device).eval()
     layers = {n: m for n, m in net.named_modules() if isinstance(m, SPARSE_LAYERS)}
-    inputs = _inputs_of(net, list(layers), example) if force is None else {}
-    plan = []
+    timed = force is None and plan is None
+    inputs = _inputs_of(net, list(layers), example) if timed else {}
+    choices = []
     for name, module in layers.items():
         weight = module.weight.detach()
         density = float((weight != 0).sum()) / weight.numel()
@@ -259,14 +261,15 @@ def sparsify(model: nn.Module, example: Tensor, *, kernels: tuple[str, ...] = KE
             choice.note = "no sparse form (groups, padding mode)"
         elif density > max_density:
             choice.note = f"denser than {max_density:g}"
-        elif name not in inputs and force is None:
+        elif name not in inputs and timed:
             choice.note = "not reached by the example"
         else:
-            _choose(choice, module, inputs.get(name), kernels, force, budget)
+            _choose(choice, module, inputs.get(name), kernels, (plan or {}).get(name, "dense") if plan else force,
+                    budget)
         if choice.kernel != "dense":
             _set(net, name, sparse_layer(module, choice.kernel))
-        plan.append(choice)
-    net.sparse_plan = plan
+        choices.append(choice)
+    net.sparse_plan = choices
     return net
 
 
@@ -284,8 +287,11 @@ def _choose(choice: LayerChoice, module: nn.Module, x: Tensor | None, kernels: t
     with quiet(), torch.no_grad():
         choice.times_us["dense"] = time_call(lambda: module(x), x.device, budget) * 1e6
         for kernel in fitting:
-            layer = sparse_layer(module, kernel)
-            choice.times_us[kernel] = time_call(lambda layer=layer: layer(x), x.device, budget) * 1e6
+            try:
+                layer = sparse_layer(module, kernel)
+                choice.times_us[kernel] = time_call(lambda layer=layer: layer(x), x.device, budget) * 1e6
+            except (RuntimeError, NotImplementedError) as exc:  # a kernel this build or device lacks
+                choice.note = f"{kernel} unavailable here ({str(exc).splitlines()[0][:80]})"
     choice.kernel = min(choice.times_us, key=choice.times_us.__getitem__)
 
 
@@ -294,7 +300,7 @@ def plan_lines(plan: list[LayerChoice]) -> list[str]:
     lines = []
     for c in plan:
         times = ", ".join(f"{k} {v:.1f} us" for k, v in c.times_us.items())
-        detail = times or c.note
+        detail = "; ".join(part for part in (times, c.note) if part)
         lines.append(f"{c.name} {c.kind}{c.shape} density {c.density:.4f}: {c.kernel}"
                      + (f" ({detail})" if detail else ""))
     return lines
