@@ -31,9 +31,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-import ltsearch.export as export
 import ltsearch.onnx_export as onnx_export
 import ltsearch.ticketfile as ticketfile
+import ltsearch.tickets as tickets
 from ltsearch.compose import compose as compose_config  # the validated config `ltsearch run` would run
 from ltsearch.compose import compose_labelled
 from ltsearch.data.inmemory import user_data
@@ -96,7 +96,7 @@ class Ticket:
             weights = self.weights
             described = {"model": {"class": self.model_class}, "weights": "ticket", "method": self.method,
                          "sparsity": self.sparsity, **(meta or {})}
-            return export.write(Path(path), lambda: ticketfile.encode(weights, self.masks, described))
+            return tickets.write(Path(path), lambda: ticketfile.encode(weights, self.masks, described))
         return save_ticket(model, self.masks, path, {"method": self.method, "sparsity": self.sparsity,
                                                      **(meta or {})})
 
@@ -169,7 +169,7 @@ def load_masks(run_dir: str | Path) -> Masks:
     """The mask a finished search stage found (search/mask.pt): weight name -> bool tensor."""
     run_dir = Path(run_dir)
     read_record(run_dir)
-    return export.stage_artifact(run_dir, SEARCH, MASK)
+    return tickets.stage_artifact(run_dir, SEARCH, MASK)
 
 
 def load_ticket(source: str | Path, model: nn.Module | None = None, weights: str | None = None) -> nn.Module:
@@ -187,8 +187,8 @@ def load_ticket(source: str | Path, model: nn.Module | None = None, weights: str
         ticket = ticketfile.read(source)
         if weights is not None and weights != ticket.meta.get("weights"):
             raise ConfigError(f"{source} holds the {ticket.meta.get('weights')} weights, not weights={weights!r}")
-        return export.network(ticket, model, source)
-    return export.from_run(source, weights or "ticket", model).model
+        return tickets.network(ticket, model, source)
+    return tickets.run_ticket(source, weights or "ticket", model)
 
 
 def read_ticket_file(path: str | Path) -> TicketFile:
@@ -200,7 +200,7 @@ def read_ticket_file(path: str | Path) -> TicketFile:
 def save_ticket(model: nn.Module, masks: Masks | None, path: str | Path, meta: dict[str, Any] | None = None) -> int:
     """Write `model`'s weights with `masks` (None: the masks attached to it) as a ticket file at `path`,
     atomically; `meta` (JSON) goes into its header. Returns the file's size in bytes."""
-    return export.save(model, masks, path, meta)
+    return tickets.save(model, masks, path, meta)
 
 
 def export_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int, ...],
@@ -208,7 +208,7 @@ def export_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int, ...]
     """Write `model` (masks multiplied in, eval mode) as an ONNX model for inputs [batch, *input_shape]
     (opset `ltsearch.onnx_export.OPSET`; needs `pip install 'ltsearch[export]'`). Returns the file's size."""
     onnx_export.require_extra("export_onnx")
-    return export.write(Path(path), lambda: onnx_export.to_onnx(model, tuple(input_shape), metadata))
+    return tickets.write(Path(path), lambda: onnx_export.to_onnx(model, tuple(input_shape), metadata))
 
 
 # -- whole pipelines ------------------------------------------------------------------------------------------
