@@ -135,12 +135,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="safetensors", help="safetensors (default), onnx or sparse")
     p.add_argument("--weights", default=None, help="trained (default: the retrained ticket) or ticket (the "
                                                    "weights retraining starts from)")
-    p.add_argument("--out", type=Path, help="the file to write (default: RUN_DIR/export/ticket_WEIGHTS.EXT, or "
+    p.add_argument("--out", type=Path, metavar="FILE", help="the file to write (default: RUN_DIR/export/ticket_WEIGHTS.EXT, or "
                                             "beside the ticket file)")
-    p.add_argument("--check-samples", type=int, default=1000, help="onnx: test samples onnxruntime is checked on "
+    p.add_argument("--check-samples", type=int, default=1000, metavar="N", help="onnx: test samples onnxruntime is checked on "
                                                                    "(0: no check, -1: the whole test set)")
-    p.add_argument("--data-root", help="onnx: where the test data is (default: the run's dataset.root)")
-    p.add_argument("--batch", type=int, default=1, help="sparse: the batch size each layer's kernel is chosen for")
+    p.add_argument("--data-root", metavar="DIR", help="onnx: where the test data is (default: the run's dataset.root)")
+    p.add_argument("--batch", type=int, default=1, metavar="N", help="sparse: the batch size each layer's kernel is chosen for")
     return p
 
 

@@ -23,7 +23,6 @@ them and the dense layer, belong together; each piece is short.
 from __future__ import annotations
 
 import contextlib
-import statistics
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -178,8 +177,8 @@ def sparse_layer(module: nn.Module, kernel: str) -> nn.Module:
 # -- choosing per layer ---------------------------------------------------------------------------------------
 @dataclass
 class LayerChoice:
-    """What `sparsify` chose for one layer: the kernel ("dense", "csr", "bsr") and the median time in
-    microseconds of each candidate on the layer's input from the example batch."""
+    """What `sparsify` chose for one layer: the kernel ("dense", "csr", "bsr") and the time in microseconds
+    of each candidate on the layer's input from the example batch (its best round)."""
 
     name: str
     kind: str
@@ -190,24 +189,28 @@ class LayerChoice:
     note: str = ""
 
 
-def time_call(fn: Callable[[], Any], device: torch.device, budget: float = 0.03, repeats: int = 5) -> float:
-    """Median seconds of one call over `repeats` timed rounds of about budget / repeats seconds each."""
+def time_calls(calls: dict[str, Callable[[], Any]], device: torch.device, budget: float = 0.03, rounds: int = 5
+               ) -> dict[str, float]:
+    """Seconds per call of each function: the best of `rounds` rounds that alternate the functions (so a
+    burst of load from elsewhere hits them all), each round about budget / rounds seconds per function."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    fn()
-    sync()
-    start = time.perf_counter()
-    fn()
-    sync()
-    once = max(time.perf_counter() - start, 1e-7)
-    calls = max(1, int(budget / repeats / once))
-    rounds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
+    counts = {}
+    for name, fn in calls.items():
+        fn()  # warm-up (and the gather index of a sparse convolution)
         sync()
-        rounds.append((time.perf_counter() - start) / calls)
-    return statistics.median(rounds)
+        start = time.perf_counter()
+        fn()
+        sync()
+        counts[name] = max(1, int(budget / rounds / max(time.perf_counter() - start, 1e-7)))
+    best = dict.fromkeys(calls, float("inf"))
+    for _ in range(rounds):
+        for name, fn in calls.items():
+            start = time.perf_counter()
+            for _ in range(counts[name]):
+                fn()
+            sync()
+            best[name] = min(best[name], (time.perf_counter() - start) / counts[name])
+    return best
 
 
 def _inputs_of(model: nn.Module, names: list[str], example: Tensor) -> dict[str, Tensor]:
@@ -241,7 +244,8 @@ def sparsify(model: nn.Module, example: Tensor, *, kernels: tuple[str, ...] = KE
     compute with sparse kernels where that is faster for inputs like `example` (a batch of network inputs).
 
     Each layer is timed on the input it gets from `example`: dense against every kernel of `kernels` that
-    fits it, `budget` seconds per candidate; the fastest stays. `force="csr"` (or "bsr", "dense") takes that
+    fits it, about `budget` seconds per candidate in rounds that alternate them; the fastest (best round)
+    stays. `force="csr"` (or "bsr", "dense") takes that
     kernel for every layer it fits, without timing; `plan` (layer name -> kernel, e.g. from an earlier
     `sparse_plan`) takes the kernel it names for each layer, without timing. Layers denser than
     `max_density` stay dense untimed. The returned model's `sparse_plan` lists a `LayerChoice` per layer.
@@ -284,14 +288,17 @@ def _choose(choice: LayerChoice, module: nn.Module, x: Tensor | None, kernels: t
         choice.note = "forced" if choice.kernel == force else f"{force} does not fit {list(matrix.shape)}"
         return
     assert x is not None
+    calls: dict[str, Callable[[], Any]] = {"dense": lambda: module(x)}
     with quiet(), torch.no_grad():
-        choice.times_us["dense"] = time_call(lambda: module(x), x.device, budget) * 1e6
         for kernel in fitting:
             try:
                 layer = sparse_layer(module, kernel)
-                choice.times_us[kernel] = time_call(lambda layer=layer: layer(x), x.device, budget) * 1e6
+                layer(x)
             except (RuntimeError, NotImplementedError) as exc:  # a kernel this build or device lacks
                 choice.note = f"{kernel} unavailable here ({str(exc).splitlines()[0][:80]})"
+                continue
+            calls[kernel] = lambda layer=layer: layer(x)
+        choice.times_us = {k: v * 1e6 for k, v in time_calls(calls, x.device, budget).items()}
     choice.kernel = min(choice.times_us, key=choice.times_us.__getitem__)
 
 

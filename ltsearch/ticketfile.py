@@ -257,6 +257,14 @@ def fit_problem(shapes: dict[str, tuple[int, ...]], ticket: TicketFile) -> str |
     return "; ".join(parts) or None
 
 
+def floats(values: Tensor | None) -> list[float] | None:
+    """A float32 tensor as the shortest decimals that give back the same float32 values (0.1307, not
+    0.1307000070810318), for a header people read."""
+    if values is None:
+        return None
+    return [float(str(np.float32(v))) for v in values.detach().cpu().flatten().tolist()]
+
+
 def config_sha256(config: dict[str, Any]) -> str:
     """A run config's identity: SHA-256 of its canonical JSON."""
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()

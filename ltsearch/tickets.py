@@ -116,12 +116,8 @@ def _recorded_input(run_dir: Path) -> dict[str, Any] | None:
 
 def _input_of_data(dataset: dict[str, Any]) -> dict[str, Any]:
     data = load_data(dataset)
-    return {"shape": list(data.input_shape), "num_classes": data.num_classes, "mean": _floats(data.mean),
-            "std": _floats(data.std)}
-
-
-def _floats(values: torch.Tensor | None) -> list[float] | None:
-    return None if values is None else [float(v) for v in values.flatten()]
+    return {"shape": list(data.input_shape), "num_classes": data.num_classes, "mean": ticketfile.floats(data.mean),
+            "std": ticketfile.floats(data.std)}
 
 
 def _tested_accuracy(run_dir: Path, weights: str) -> float | None:

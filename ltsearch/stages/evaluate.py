@@ -95,10 +95,9 @@ def run(ctx: RunContext, out: ArtifactDir) -> dict[str, Any]:
 def _write_ticket_file(ctx: RunContext, out: ArtifactDir, model: Any, weights: str, acc: float) -> dict[str, Any]:
     """evaluate/ticket.safetensors: the evaluated network with its header (the run's recorded config)."""
     data = ctx.data
-    listed = (lambda t: None if t is None else [float(v) for v in t.flatten()])  # noqa: E731
     meta = ticketfile.run_meta(read_record(ctx.run_dir)["config"], weights=weights, label=ctx.label or
                                ctx.cfg.pruner.name, input_shape=data.input_shape, num_classes=data.num_classes,
-                               mean=listed(data.mean), std=listed(data.std), test_acc=acc)
+                               mean=ticketfile.floats(data.mean), std=ticketfile.floats(data.std), test_acc=acc)
     state = plain_state_dict(model)
     content = ticketfile.encode(state, masks_of(model), meta)
     out.save_bytes(TICKET_FILE, content)
