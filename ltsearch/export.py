@@ -166,12 +166,17 @@ def main(argv: list[str]) -> int:
     else:
         item = from_run(source, args.weights or "trained")
     out = args.out or default_out(source, is_file, fmt, item.meta.get("weights") or "ticket")
-    if fmt == "safetensors":
-        lines = export_ticket(item, out)
-    elif fmt == "onnx":
-        lines = export_onnx(item, out, args.check_samples, args.data_root)
-    else:
-        lines = export_sparse(item, out, args.batch)
+    try:
+        if fmt == "safetensors":
+            lines = export_ticket(item, out)
+        elif fmt == "onnx":
+            lines = export_onnx(item, out, args.check_samples, args.data_root)
+        else:
+            lines = export_sparse(item, out, args.batch)
+    except StorageError as exc:
+        if args.out is not None:
+            raise
+        raise StorageError(f"{exc} (--out FILE writes it elsewhere)") from exc
     print(f"ltsearch: {lines[0]}")
     for line in lines[1:]:
         print(line)
