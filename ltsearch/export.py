@@ -39,11 +39,21 @@ def size(nbytes: float) -> str:
     return ""
 
 
+def input_spec(meta: dict[str, Any]) -> dict[str, Any]:
+    """What the network takes, from the header (a file saved from Python may not say)."""
+    spec = meta.get("input")
+    if not isinstance(spec, dict) or not isinstance(spec.get("shape"), list):
+        raise ConfigError("the ticket records no input shape (a file saved from Python without meta['input']): "
+                          "load it into your network and use ltsearch.export_onnx(model, path, input_shape) or "
+                          "ltsearch.sparsify(model, example_batch)")
+    return spec
+
+
 def export_ticket(item: Exportable, out: Path) -> list[str]:
-    nbytes = write(out, lambda: ticketfile.encode(plain_state_dict(item.model), masks_of(item.model), item.meta))
-    dense = ticketfile.dense_bytes(plain_state_dict(item.model))
-    kept, total = (sum(int(m.sum()) for m in masks_of(item.model).values()),
-                   sum(m.numel() for m in masks_of(item.model).values()))
+    state, masks = plain_state_dict(item.model), masks_of(item.model)
+    nbytes = write(out, lambda: ticketfile.encode(state, masks, item.meta))
+    dense = ticketfile.dense_bytes(state)
+    kept, total = sum(int(m.sum()) for m in masks.values()), sum(m.numel() for m in masks.values())
     acc = item.meta.get("test_acc")
     return [f"wrote {out}: {size(nbytes)}, {100 * nbytes / dense:.1f}% of the dense state_dict ({size(dense)}); "
             f"{kept} of {total} prunable weights kept; {item.meta.get('weights')} weights"
@@ -55,7 +65,7 @@ def export_onnx(item: Exportable, out: Path, samples: int, data_root: str | None
     problem = writable_problem(out)
     if problem:
         raise StorageError(problem)
-    shape = tuple(item.meta["input"]["shape"])
+    shape = tuple(input_spec(item.meta)["shape"])
     data = onnx_export.to_onnx(item.model, shape, onnx_metadata(item.meta))
     lines = [f"ONNX opset {onnx_export.OPSET}: {input_line(item.meta)}"]
     if samples:
@@ -71,15 +81,15 @@ def export_onnx(item: Exportable, out: Path, samples: int, data_root: str | None
 
 
 def input_line(meta: dict[str, Any]) -> str:
-    spec = meta["input"]
+    spec = input_spec(meta)
     norm = (f"normalised as (x - mean) / std with mean {spec['mean']} and std {spec['std']}"
             if spec.get("mean") else "not normalised")
     return (f"input '{onnx_export.INPUT}' float32 [batch, {', '.join(map(str, spec['shape']))}], {norm}; "
-            f"output '{onnx_export.OUTPUT}' [batch, {meta['num_classes']}]")
+            f"output '{onnx_export.OUTPUT}' [batch, {meta.get('num_classes', '?')}]")
 
 
 def onnx_metadata(meta: dict[str, Any]) -> dict[str, str]:
-    return {"ltsearch.input": json.dumps(meta["input"]), "ltsearch.num_classes": str(meta["num_classes"]),
+    return {"ltsearch.input": json.dumps(meta["input"]), "ltsearch.num_classes": str(meta.get("num_classes")),
             "ltsearch.model": json.dumps(meta.get("model")), "ltsearch.weights": str(meta.get("weights")),
             "ltsearch.method": str(meta.get("method")), "ltsearch.sparsity": str(meta.get("sparsity")),
             "ltsearch.version": str(meta.get("ltsearch_version")),
@@ -102,7 +112,7 @@ def export_sparse(item: Exportable, out: Path, batch: int) -> list[str]:
     problem = writable_problem(out)
     if problem:
         raise StorageError(problem)
-    shape = tuple(item.meta["input"]["shape"])
+    shape = tuple(input_spec(item.meta)["shape"])
     example = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(0))
     fast = sparse.sparsify(item.model, example)
     program = sparse.traced(fast, example)
@@ -133,14 +143,15 @@ def parser() -> argparse.ArgumentParser:
                                 "a compact ticket file (safetensors), an ONNX model or a sparse TorchScript program.")
     p.add_argument("source", type=Path, help="a run folder, or a ticket file (.safetensors) for onnx and sparse")
     p.add_argument("--format", default="safetensors", help="safetensors (default), onnx or sparse")
-    p.add_argument("--weights", default=None, help="trained (default: the retrained ticket) or ticket (the "
-                                                   "weights retraining starts from)")
-    p.add_argument("--out", type=Path, metavar="FILE", help="the file to write (default: RUN_DIR/export/ticket_WEIGHTS.EXT, or "
-                                            "beside the ticket file)")
-    p.add_argument("--check-samples", type=int, default=1000, metavar="N", help="onnx: test samples onnxruntime is checked on "
-                                                                   "(0: no check, -1: the whole test set)")
+    p.add_argument("--weights", default=None,
+                   help="trained (default: the retrained ticket) or ticket (the weights retraining starts from)")
+    p.add_argument("--out", type=Path, metavar="FILE",
+                   help="the file to write (default: RUN_DIR/export/ticket_WEIGHTS.EXT, or beside the ticket file)")
+    p.add_argument("--check-samples", type=int, default=1000, metavar="N",
+                   help="onnx: test samples onnxruntime is checked on (0: no check, -1: the whole test set)")
     p.add_argument("--data-root", metavar="DIR", help="onnx: where the test data is (default: the run's dataset.root)")
-    p.add_argument("--batch", type=int, default=1, metavar="N", help="sparse: the batch size each layer's kernel is chosen for")
+    p.add_argument("--batch", type=int, default=1, metavar="N",
+                   help="sparse: the batch size each layer's kernel is chosen for (default 1)")
     return p
 
 
