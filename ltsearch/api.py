@@ -1,10 +1,13 @@
 """ltsearch as a library: find a ticket for your own model and data, apply masks, load the ticket of a
-finished run, run a configured pipeline. Re-exported by the package (`ltsearch.find_ticket`, ...).
+finished run or a ticket file, save one, deploy it (sparse kernels, ONNX), run a configured pipeline.
+Re-exported by the package (`ltsearch.find_ticket`, ...).
 
     import ltsearch
     ticket = ltsearch.find_ticket(model, (x, y), sparsity=0.9, method="cts_kl")  # masks, scores, counts
     ltsearch.apply_masks(model, ticket.masks)                                      # w * mask in every forward
     net = ltsearch.load_ticket("outputs/runs/<run>")                              # the ticket, in a fresh model
+    net = ltsearch.load_ticket("outputs/runs/<run>/evaluate/ticket.safetensors")  # the same from its file
+    fast = ltsearch.sparsify(net, example_batch)                                   # sparse kernels where faster
     results = ltsearch.run("pruner=magnitude", "sparsity=0.9", run_dir="outputs/runs/mine")
 
 `find_ticket` runs a pruner directly on a `PruneContext` (no run folder, no `RunContext`): every method of
@@ -26,29 +29,30 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import OmegaConf
 from torch import Tensor, nn
 
+import ltsearch.onnx_export as onnx_export
+import ltsearch.ticketfile as ticketfile
+import ltsearch.tickets as tickets
 from ltsearch.compose import compose as compose_config  # the validated config `ltsearch run` would run
 from ltsearch.compose import compose_labelled
-from ltsearch.config import DatasetConfig
-from ltsearch.data import build_data
 from ltsearch.data.inmemory import user_data
-from ltsearch.errors import ArtifactError, ConfigError
+from ltsearch.errors import ConfigError
 from ltsearch.logfile import RunLogHandler
-from ltsearch.masking import Masks, attach_masks, count, density_report, detach_masks, load_plain_state_dict
-from ltsearch.models import build_model, check_shapes, model_config
-from ltsearch.paths import FINAL, LOG, MASK, RETRAIN, REWIND, SEARCH, TICKET
+from ltsearch.masking import Masks, attach_masks, count, density_report, detach_masks, plain_state_dict
+from ltsearch.models import check_shapes
+from ltsearch.paths import LOG, MASK, SEARCH
 from ltsearch.pipeline import run_pipeline
 from ltsearch.pruners import PruneContext, build_pruner
 from ltsearch.rundir import ArtifactDir, read_record
 from ltsearch.runtime import Runtime
+from ltsearch.sparse import sparsify
+from ltsearch.ticketfile import TicketFile
 from ltsearch.training.loop import Callback, Record
 from ltsearch.training.trainer import Trainer
 
-__all__ = ["Ticket", "apply_masks", "compose_config", "find_ticket", "load_masks", "load_ticket", "resume", "run"]
-
-WEIGHTS = {"ticket": (REWIND, TICKET), "trained": (RETRAIN, FINAL)}
+__all__ = ["Ticket", "TicketFile", "apply_masks", "compose_config", "export_onnx", "find_ticket", "load_masks",
+           "load_ticket", "read_ticket_file", "resume", "run", "save_ticket", "sparsify"]
 
 
 @dataclass
@@ -61,6 +65,8 @@ class Ticket:
     masks: Masks
     scores: dict[str, Tensor] | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    weights: dict[str, Tensor] | None = None  # the model's weights where the mask was found (plain names)
+    model_class: str = ""  # the model's class, for the header of a ticket file
 
     @property
     def kept(self) -> int:
@@ -80,6 +86,19 @@ class Ticket:
 
     def apply(self, model: nn.Module, permanent: bool = False) -> nn.Module:
         return apply_masks(model, self.masks, permanent=permanent)
+
+    def save(self, path: str | Path, model: nn.Module | None = None, meta: dict[str, Any] | None = None) -> int:
+        """Write the ticket as a ticket file (`save_ticket`): the masks with `model`'s weights when given (say,
+        after you trained it with the masks), else with the weights the mask was found at. Returns its size."""
+        if model is None:
+            if self.weights is None:
+                raise ConfigError("this Ticket holds no weights; pass the model: ticket.save(path, model)")
+            weights = self.weights
+            described = {"model": {"class": self.model_class}, "weights": "ticket", "method": self.method,
+                         "sparsity": self.sparsity, **(meta or {})}
+            return tickets.write(Path(path), lambda: ticketfile.encode(weights, self.masks, described))
+        return save_ticket(model, self.masks, path, {"method": self.method, "sparsity": self.sparsity,
+                                                     **(meta or {})})
 
 
 # -- finding a ticket -----------------------------------------------------------------------------------------
@@ -132,7 +151,8 @@ def find_ticket(model: nn.Module, train_data: Any, sparsity: float = 0.9, method
         result = pruner.prune(ctx)
     masks = {name: m.bool().cpu() for name, m in result.masks.items()}
     scores = None if result.scores is None else {n: s.detach().float().cpu() for n, s in result.scores.items()}
-    return Ticket(method=label, sparsity=float(sparsity), masks=masks, scores=scores, info=result.info)
+    return Ticket(method=label, sparsity=float(sparsity), masks=masks, scores=scores, info=result.info,
+                  weights=plain_state_dict(model), model_class=f"{type(model).__module__}.{type(model).__qualname__}")
 
 
 def apply_masks(model: nn.Module, masks: Masks | Ticket, permanent: bool = False) -> nn.Module:
@@ -144,53 +164,51 @@ def apply_masks(model: nn.Module, masks: Masks | Ticket, permanent: bool = False
     return detach_masks(model) if permanent else model
 
 
-# -- finished runs ------------------------------------------------------------------------------------------
-def _artifact(run_dir: Path, stage: str, name: str) -> Any:
-    folder = ArtifactDir(run_dir / stage)
-    if not folder.done:
-        raise ArtifactError(f"{run_dir}: stage {stage} is not complete, so it holds no {name} (ltsearch resume "
-                            f"{run_dir} finishes the run)")
-    return folder.load_tensors(name)
-
-
+# -- finished runs and ticket files ---------------------------------------------------------------------------
 def load_masks(run_dir: str | Path) -> Masks:
     """The mask a finished search stage found (search/mask.pt): weight name -> bool tensor."""
     run_dir = Path(run_dir)
     read_record(run_dir)
-    return _artifact(run_dir, SEARCH, MASK)
+    return tickets.stage_artifact(run_dir, SEARCH, MASK)
 
 
-def _fresh_model(run_dir: Path, record: dict[str, Any], ticket: dict[str, Any]) -> nn.Module:
-    """The run's network, built from its recorded config (shapes from the ticket, or from the data)."""
-    config = record["config"]
-    if "input_shape" in ticket:
-        shape, classes = tuple(ticket["input_shape"]), int(ticket["num_classes"])
-    else:  # a ticket written before the shapes were recorded with it
-        dataset = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DatasetConfig), config["dataset"]))
-        data = build_data(dataset)  # type: ignore[arg-type]
-        shape, classes = data.input_shape, data.num_classes
-    return build_model(model_config(config["model"]), shape, classes, int(config["seed"]))
+def load_ticket(source: str | Path, model: nn.Module | None = None, weights: str | None = None) -> nn.Module:
+    """A ticket in a network, masks attached, on the CPU.
+
+    `source` is a run folder or a ticket file (`.safetensors`: `ltsearch export`, `save_ticket`, or a run's
+    evaluate/ticket.safetensors). From a run folder, `weights="ticket"` (the default) gives the weights it
+    starts retraining from (the pruning point with the mask applied), `"trained"` the retrained weights; a
+    ticket file holds one of them (its header says which; `weights`, when given, must match). Into `model`
+    when given (its parameter names and shapes must match), else into a new network built from the run's
+    recorded config or the file's header (a `model=custom` file needs `model`: ltsearch never calls a
+    constructor a file names)."""
+    source = Path(source)
+    if source.is_file() or source.suffix == ticketfile.SUFFIX:
+        ticket = ticketfile.read(source)
+        if weights is not None and weights != ticket.meta.get("weights"):
+            raise ConfigError(f"{source} holds the {ticket.meta.get('weights')} weights, not weights={weights!r}")
+        return tickets.network(ticket, model, source)
+    return tickets.run_ticket(source, weights or "ticket", model)
 
 
-def load_ticket(run_dir: str | Path, model: nn.Module | None = None, weights: str = "ticket") -> nn.Module:
-    """The ticket of a finished run in a fresh model (on the CPU, masks attached): `weights="ticket"` the
-    weights it starts retraining from (the pruning point with the mask applied), `"trained"` the retrained
-    weights. Into `model` when given (its parameter names must match the run's network), else into a new
-    network built from the run's recorded config."""
-    if weights not in WEIGHTS:
-        raise ConfigError(f"weights={weights!r}: choose {' or '.join(map(repr, WEIGHTS))}")
-    run_dir = Path(run_dir)
-    record = read_record(run_dir)
-    saved = _artifact(run_dir, *WEIGHTS[weights])
-    if model is None:
-        shapes = saved if weights == "ticket" else _artifact(run_dir, REWIND, TICKET)
-        model = _fresh_model(run_dir, record, shapes)
-    try:
-        load_plain_state_dict(model, saved["state_dict"])
-    except (KeyError, RuntimeError) as exc:
-        raise ConfigError(f"the {weights} weights of {run_dir} do not fit this model ({str(exc).splitlines()[0]})"
-                          ) from exc
-    return attach_masks(model, saved["masks"])
+def read_ticket_file(path: str | Path) -> TicketFile:
+    """A ticket file's tensors and header without building a network: `state_dict` (plain names, zeros where
+    pruned), `masks`, `meta` (model config, input, dataset, method, density, accuracy, version), `nbytes`."""
+    return ticketfile.read(path)
+
+
+def save_ticket(model: nn.Module, masks: Masks | None, path: str | Path, meta: dict[str, Any] | None = None) -> int:
+    """Write `model`'s weights with `masks` (None: the masks attached to it) as a ticket file at `path`,
+    atomically; `meta` (JSON) goes into its header. Returns the file's size in bytes."""
+    return tickets.save(model, masks, path, meta)
+
+
+def export_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int, ...],
+                metadata: dict[str, str] | None = None) -> int:
+    """Write `model` (masks multiplied in, eval mode) as an ONNX model for inputs [batch, *input_shape]
+    (opset `ltsearch.onnx_export.OPSET`; needs `pip install 'ltsearch[export]'`). Returns the file's size."""
+    onnx_export.require_extra("export_onnx")
+    return tickets.write(Path(path), lambda: onnx_export.to_onnx(model, tuple(input_shape), metadata))
 
 
 # -- whole pipelines ------------------------------------------------------------------------------------------

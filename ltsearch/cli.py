@@ -2,7 +2,8 @@
 
 `run` hands its arguments to Hydra unchanged (so -m, --cfg job, --help, --info and sweeps behave as in
 any Hydra app; under torchrun each process joins the run's process group first, see `_distributed`); `resume` re-enters a run directory with the overrides it was created with; `report`
-tabulates finished runs. Shell completion is Hydra's, with the word `run` removed before Hydra parses.
+tabulates finished runs; `export` writes a run's ticket as a compact file, an ONNX model or a sparse program.
+Shell completion is Hydra's, with the word `run` removed before Hydra parses.
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ commands:
                          verdicts; failed runs) and plots (PNG, PDF, SVG) of the runs found below each DIR
   cache ls|clear [--kind KIND] [--older-than AGE] [--dry-run] [--dir DIR]
                          the artifact cache and decoded datasets: entries with sizes and ages; remove them
+  export RUN_DIR|TICKET_FILE [--format safetensors|onnx|sparse] [--weights trained|ticket] [--out FILE]
+                         the ticket as a compact file (packed masks and kept values), an ONNX model checked
+                         in onnxruntime, or a sparse TorchScript program (default: RUN_DIR/export/)
   --version              ltsearch's version
 
 examples:
@@ -52,6 +56,7 @@ examples:
   ltsearch run model=custom model._target_=torchvision.models.resnet18 dataset=cifar10 dataset.root=DATA_DIR
   ltsearch run logger=tensorboard                     # besides RUN_DIR/metrics.csv; also wandb, mlflow
   ltsearch cache ls
+  ltsearch export outputs/runs/<run> --format onnx     # also: the default compact file, --format sparse
   ltsearch run --help                                 # config groups and options
   eval "$(ltsearch run -sc install=bash)"             # tab completion
 """
@@ -243,7 +248,16 @@ def _cache(args: list[str]) -> int:
         return _error(str(exc))
 
 
-COMMANDS = {"run": _hydra, "resume": _resume, "report": _report, "cache": _cache}
+def _export(args: list[str]) -> int:
+    from ltsearch.export import main as export_main
+
+    try:
+        return export_main(args)
+    except LtsearchError as exc:
+        return _error(str(exc))
+
+
+COMMANDS = {"run": _hydra, "resume": _resume, "report": _report, "cache": _cache, "export": _export}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,6 +9,7 @@ exactly 0 and the plain state dict of a masked model always equals its effective
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 import math
 from collections.abc import Iterator
@@ -93,6 +94,22 @@ def detach_masks(model: nn.Module) -> nn.Module:
         if parametrize.is_parametrized(module, "weight"):
             parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
     return model
+
+
+def without_masks(model: nn.Module) -> nn.Module:
+    """A copy of `model` with the masks multiplied in and every Mask parametrization gone (plain weights with
+    zeros), leaving `model` masked. Not `detach_masks(copy.deepcopy(model))`: a deep copy shares its modules'
+    parametrized classes with the original, and removing a parametrization deletes the weight property from
+    that class, which breaks the original."""
+    net = copy.deepcopy(model)
+    for module in net.modules():
+        if parametrize.is_parametrized(module):
+            values = {name: getattr(module, name).detach().clone() for name in module.parametrizations}
+            del module._modules["parametrizations"]
+            module.__class__ = type(module).__bases__[0]  # the class before parametrize subclassed it
+            for name, value in values.items():
+                setattr(module, name, nn.Parameter(value))
+    return net
 
 
 def masks_of(model: nn.Module) -> Masks:

@@ -16,7 +16,8 @@ A run folder:
 
 Inside the stages: search/{pruning_point.pt, mask.pt, scores.pt, density.json, metrics.json, levels.json,
 pretrain/, cts/, level_NN/}, rewind/ticket.pt, retrain/{metrics.json, final.pt},
-sanity/{sanity.json, <variant>/{mask.pt, result.json}}, evaluate/results.json.
+sanity/{sanity.json, <variant>/{mask.pt, result.json}}, evaluate/{results.json, ticket.safetensors};
+`ltsearch export` writes into RUN_DIR/export/ unless told otherwise.
 
 A sweep folder adds summary.csv, summary_*.csv, summary.txt, the plots (PNG, PDF, SVG) and `.summary.lock`.
 The artifact cache lives under `cache_root()/artifacts/<kind>/<key>/`, decoded image folders under `cache_root()`.
@@ -71,6 +72,8 @@ FINAL = "final.pt"  # retrain: {state_dict, masks}
 SANITY_SUMMARY = "sanity.json"  # sanity: verdicts
 VARIANT_RESULT = "result.json"  # sanity/<variant>: accuracy or skip reason
 RESULTS = "results.json"  # evaluate: the one record a report reads
+TICKET_FILE = "ticket.safetensors"  # evaluate: the evaluated network as a compact ticket file (ltsearch.ticketfile)
+EXPORT = "export"  # RUN_DIR/export/: what `ltsearch export RUN_DIR` writes by default
 
 # -- parts of stages ---------------------------------------------------------------------------------------------
 PRETRAIN = "pretrain"  # search/pretrain: dense training to the rewind point

@@ -6,9 +6,10 @@ failed runs alike, and on sweeps whose launcher never got to summarise them.
 
 Tables (pandas; printed with rich; saved as CSV):
   summary  one row per (dataset, model, method, sparsity): test accuracy mean +- std over seeds (sample std,
-           ddof=1), accuracy before retraining, measured density, mean wall time per stage and the mean total
-           cost of one run (search + rewind + retrain + evaluate; the sanity checks are listed, not counted),
-           and how many runs are done, failed or unfinished.
+           ddof=1), accuracy before retraining, measured density, the size of the ticket file
+           (evaluate/ticket.safetensors) against the dense state_dict, mean wall time per stage and the mean
+           total cost of one run (search + rewind + retrain + evaluate; the sanity checks are listed, not
+           counted), and how many runs are done, failed or unfinished.
   runs     one row per run directory (status, error of a failed run).
   sanity   one row per (dataset, model, method, sparsity, variant): margin of the ticket over the variant,
            mean +- std over seeds, and the verdict by SEED_RULE below.
@@ -171,7 +172,10 @@ def read_run(run_dir: Path) -> RunData:
                    **{f"time_{s}": times.value(s) for s in STAGE_ORDER},
                    total_time=times.value("ticket", times.value("total")),
                    # hardware-independent: dense training epochs, including upstream work reused from the cache
-                   cost_epochs=ticket.get("epochs"), cost_flops=ticket.get("flops"))
+                   cost_epochs=ticket.get("epochs"), cost_flops=ticket.get("flops"),
+                   # the compact ticket file beside results.json, and the dense state_dict's bytes
+                   ticket_file_bytes=results.obj("ticket_file").value("bytes"),
+                   dense_bytes=results.obj("ticket_file").value("dense_bytes"))
         for i, (name, layer) in enumerate(results.objects("layers")):
             data.layers.append({**ident, "layer": name, "index": i, "density": layer.number("density"),
                                 "kept": layer.number("kept"), "total": layer.number("total")})
@@ -266,7 +270,7 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
             column = f"time_{stage}"
             values = pd.to_numeric(done.get(column, pd.Series(dtype=float)), errors="coerce")
             row[f"{column}_s"] = float(values.mean()) if values.notna().any() else float("nan")
-        for column in ("cost_epochs", "cost_flops"):
+        for column in ("cost_epochs", "cost_flops", "ticket_file_bytes", "dense_bytes"):
             values = pd.to_numeric(done.get(column, pd.Series(dtype=float)), errors="coerce")
             row[column] = float(values.mean()) if values.notna().any() else float("nan")
         total = pd.to_numeric(done.get("total_time", pd.Series(dtype=float)), errors="coerce")

@@ -22,7 +22,7 @@ from ltsearch.config import flatten
 from ltsearch.errors import ArtifactError, ResumeError, UnsafeArtifactError
 from ltsearch.locks import open_lock_file, try_lock, unlock
 from ltsearch.paths import CLOCK, FAILURE, LOCK, MARKER, RECORD
-from ltsearch.storage import load_json, load_torch, save_json, save_torch, sha256_file
+from ltsearch.storage import atomic_write, load_json, load_torch, save_json, save_torch, sha256_file
 from ltsearch.version import __version__
 
 log = logging.getLogger(__name__)
@@ -172,6 +172,12 @@ class ArtifactDir:
     def save_tensors(self, name: str, obj: Any) -> Path:
         path = self.path / name
         self.manifest[name] = distributed.on_main(lambda: save_torch(path, obj))
+        return path
+
+    def save_bytes(self, name: str, data: bytes) -> Path:
+        """An artifact already serialised (a ticket file), written atomically and checksummed like the others."""
+        path = self.path / name
+        self.manifest[name] = distributed.on_main(lambda: atomic_write(path, data))
         return path
 
     def save_json(self, name: str, obj: Any) -> Path:

@@ -94,20 +94,41 @@ def _missing(row: pd.Series) -> str:
     return ", ".join(parts)
 
 
+def file_size(nbytes: Any, dense: Any) -> str:
+    """A ticket file's size and its share of the dense state_dict: `45.2K 4.2%`."""
+    if nbytes is None or (isinstance(nbytes, float) and math.isnan(nbytes)):
+        return "-"
+    scaled, unit = float(nbytes), ""
+    for unit in ("", "K", "M", "G"):
+        if scaled < 1000 or unit == "G":
+            break
+        scaled /= 1000
+    text = f"{scaled:.0f}" if not unit else f"{scaled:.1f}{unit}"
+    if dense is not None and not (isinstance(dense, float) and math.isnan(dense)) and dense:
+        text += f" {100 * float(nbytes) / float(dense):.1f}%"
+    return text
+
+
 def summary_table(summary: pd.DataFrame) -> Table:
-    """Accuracy by method and sparsity: mean ± std over seeds, before and after retraining."""
+    """Accuracy by method and sparsity: mean ± std over seeds, before and after retraining; the size of the
+    ticket file when the runs wrote one."""
     extra = [c for c in ("dataset", "model") if _several(summary, c)]
     missing = any(_missing(r) for _, r in summary.iterrows())
+    files = "ticket_file_bytes" in summary and summary["ticket_file_bytes"].notna().any()
     table = compact_table("accuracy by method and sparsity (mean ± std over seeds)",
                    [*extra, "method", "sparsity", "seeds", "test acc", "before retrain", "density",
-                    *(["not done"] if missing else [])], right=("sparsity", "density"),
-                   wrap=("method", "model", "not done"))
+                    *(["file"] if files else []), *(["not done"] if missing else [])],
+                   right=("sparsity", "density", "file"), wrap=("method", "model", "not done"))
     for _, r in summary.iterrows():
         table.add_row(*[str(r[c]) for c in extra], str(r["method"]), f"{r['sparsity']:g}", _seeds(r),
                       _pm(r["test_acc_mean"], r["test_acc_std"]),
                       _pm(r["acc_before_retrain_mean"], r["acc_before_retrain_std"]),
-                      _fmt(r["measured_density"], 6), *([_missing(r)] if missing else []))
+                      _fmt(r["measured_density"], 6),
+                      *([file_size(r["ticket_file_bytes"], r["dense_bytes"])] if files else []),
+                      *([_missing(r)] if missing else []))
     table.caption = "density: measured from the weights the forward pass uses (mean over seeds)"
+    if files:
+        table.caption += "; file: evaluate/ticket.safetensors, bytes and share of the dense state_dict"
     return table
 
 

@@ -307,6 +307,28 @@ CASES = [
          ok=True),
     Case("report_csv_is_a_folder", "ltsearch report DIR --csv FOLDER", ("report", "{done}", "--csv", "{data}"),
          "is a folder; name the CSV file to write", data="empty_dir"),
+    # -- exports -----------------------------------------------------------------------------------------------------
+    Case("export_unfinished", "ltsearch export RUN_DIR of a run whose retrain stage has not finished",
+         ("export", "{data}"), "stage retrain is not complete, so it holds no final.pt (ltsearch resume",
+         data="no_retrain"),
+    Case("export_unknown_format", "ltsearch export RUN_DIR --format pt", ("export", "{done}", "--format", "pt"),
+         "unknown format 'pt' (formats: safetensors, onnx, sparse)", target="done"),
+    Case("export_truncated", "ltsearch export of a truncated ticket file", ("export", "{data}", "--format", "onnx"),
+         "is truncated: its tensors need", data="ticket_truncated"),
+    Case("export_tampered", "ltsearch export of a ticket file with a flipped bit", ("export", "{data}", "--format",
+                                                                                    "onnx"),
+         "is corrupt or was altered: its payload does not match the checksum it was written with",
+         data="ticket_tampered"),
+    Case("export_newer_format", "ltsearch export of a ticket file of a newer format version",
+         ("export", "{data}", "--format", "onnx"), "was written by a newer ltsearch (ticket format version 2",
+         data="ticket_newer"),
+    Case("export_pickle", "ltsearch export of a pickle named ticket.safetensors", ("export", "{data}", "--format",
+                                                                                   "onnx"),
+         "is not a safetensors file (a ticket file that ltsearch export writes); ltsearch never unpickles",
+         data="ticket_pickle"),
+    Case("export_read_only", "ltsearch export RUN_DIR --out FILE in a read-only folder",
+         ("export", "{done}", "--out", "{data}/ticket.safetensors"), "is on a read-only file system",
+         target="done", data="empty_dir", readonly=("{data}",)),
 ]
 
 
@@ -419,6 +441,7 @@ def prepare_data(root: Path, done: Path) -> dict[str, Path]:
     ticket.write_bytes(bytes(data))
     out["damaged_ticket"] = damaged
     _prepare_run_folders(root, done, out)
+    _prepare_tickets(root, done, out)
     _prepare_data_changes(root, out)
     _prepare_caches(root, out)
     return out
@@ -461,6 +484,31 @@ def _prepare_run_folders(root: Path, done: Path, out: dict[str, Path]) -> None:
         out[name] = root / name
         _copy_run(done, out[name] / "good")
         (_copy_run(done, out[name] / "bad") / path).write_text(text)
+
+
+def _prepare_tickets(root: Path, done: Path, out: dict[str, Path]) -> None:
+    """A run without its retrain stage, and damaged copies of the finished run's ticket file."""
+    import torch
+
+    out["no_retrain"] = _copy_run(done, root / "no_retrain", "retrain", "evaluate")
+    data = (done / "evaluate" / "ticket.safetensors").read_bytes()
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + size])
+    info = json.loads(header["__metadata__"]["ltsearch"])
+    info["format_version"] = 2
+    header["__metadata__"]["ltsearch"] = json.dumps(info)
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    flipped = bytearray(data)
+    flipped[-3] ^= 0x10
+    pickled = io.BytesIO()
+    torch.save({"state_dict": {}}, pickled)
+    for name, content in (("ticket_truncated", data[:-100]), ("ticket_tampered", bytes(flipped)),
+                          ("ticket_newer", len(text).to_bytes(8, "little") + text + data[8 + size:]),
+                          ("ticket_pickle", pickled.getvalue())):
+        out[name] = root / name / "ticket.safetensors"
+        out[name].parent.mkdir()
+        out[name].write_bytes(content)
 
 
 def _prepare_data_changes(root: Path, out: dict[str, Path]) -> None:

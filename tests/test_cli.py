@@ -270,7 +270,7 @@ def test_shell_completion(cli):
     assert complete("ltsearch run pru") >= {"pruner="}
     assert complete("ltsearch run pruner=") >= {"pruner=magnitude", "pruner=random", "pruner=dense"}
     assert complete("ltsearch run model=res") >= {"model=resnet18", "model=resnet20", "model=resnet56"}
-    assert complete("ltsearch ") == {"run", "resume", "report", "cache"}
+    assert complete("ltsearch ") == {"run", "resume", "report", "cache", "export"}
     assert complete("ltsearch resume ") == set()  # the shell completes the folder
     rc, script, _ = cli("run", "-sc", "install=bash")
     assert rc == 0 and "complete -o nospace -o default -F hydra_bash_completion ltsearch" in script

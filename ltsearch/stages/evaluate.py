@@ -1,8 +1,10 @@
-"""Stage `evaluate`: results.json, the one record a report reads.
+"""Stage `evaluate`: results.json, the one record a report reads, and the compact ticket file beside it.
 
 Test accuracy and loss of the final network (the retrained ticket, or the untrained ticket when retrain
 did not run), target versus measured density counted from the effective weights the forward pass uses,
-per-layer densities, parameter counts, wall time of every stage and the resolved config.
+per-layer densities, parameter counts, wall time of every stage and the resolved config. ticket.safetensors
+holds the evaluated network (`ltsearch.ticketfile`: packed masks, kept values; a few percent of the dense
+size at high sparsity) with the accuracy measured here; results.json records its size.
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ from typing import Any
 
 from rich.table import Table
 
+import ltsearch.ticketfile as ticketfile
 from ltsearch.config import config_container
 from ltsearch.context import RunContext
 from ltsearch.cost import cost_summary, flops_per_sample
-from ltsearch.masking import effective_density_report, keep_count
+from ltsearch.masking import effective_density_report, keep_count, masks_of, plain_state_dict
 from ltsearch.paths import (
     EVALUATE,
     FINAL,
@@ -27,8 +30,9 @@ from ltsearch.paths import (
     SANITY_SUMMARY,
     SEARCH,
     TICKET,
+    TICKET_FILE,
 )
-from ltsearch.rundir import ArtifactDir
+from ltsearch.rundir import ArtifactDir, read_record
 from ltsearch.runtime import duration
 from ltsearch.stages.sanity import verdict_line
 from ltsearch.training.evaluate import evaluate
@@ -41,6 +45,7 @@ def run(ctx: RunContext, out: ArtifactDir) -> dict[str, Any]:
     model, _ = ctx.load_network(source, FINAL if source == RETRAIN else TICKET)
     test = evaluate(model, ctx.data, ctx.runtime, "test", ctx.cfg.train.eval_batch_size)
     out.count("forward", ctx.data.test_size)
+    ticket_file = _write_ticket_file(ctx, out, model, "trained" if source == RETRAIN else "ticket", test["acc"])
     measured = effective_density_report(model, ctx.cfg.model.exclude)
     search = ctx.stage_dir(SEARCH)
     sanity = ctx.stage_dir(SANITY)
@@ -80,10 +85,24 @@ def run(ctx: RunContext, out: ArtifactDir) -> dict[str, Any]:
                       "total": sum(times.values())},
         "sanity": sanity.load_json(SANITY_SUMMARY) if sanity.done else None,
         "cost": cost,
+        "ticket_file": ticket_file,
         "config": config_container(ctx.cfg),
     }
     out.save_json(RESULTS, results)
     return {"test_acc": test["acc"], "summary": f"test accuracy {test['acc']:.4f}"}
+
+
+def _write_ticket_file(ctx: RunContext, out: ArtifactDir, model: Any, weights: str, acc: float) -> dict[str, Any]:
+    """evaluate/ticket.safetensors: the evaluated network with its header (the run's recorded config)."""
+    data = ctx.data
+    meta = ticketfile.run_meta(read_record(ctx.run_dir)["config"], weights=weights, label=ctx.label or
+                               ctx.cfg.pruner.name, input_shape=data.input_shape, num_classes=data.num_classes,
+                               mean=ticketfile.floats(data.mean), std=ticketfile.floats(data.std), test_acc=acc)
+    state = plain_state_dict(model)
+    content = ticketfile.encode(state, masks_of(model), meta)
+    out.save_bytes(TICKET_FILE, content)
+    return {"file": TICKET_FILE, "bytes": len(content), "dense_bytes": ticketfile.dense_bytes(state),
+            "weights": weights}
 
 
 def _seconds(times: dict[str, float]) -> str:
