@@ -260,9 +260,9 @@ def default_workers() -> int:
 
 def load_image_folder(cfg: DatasetConfig, runtime: RuntimeConfig) -> ImageFolderData:
     """The folder `cfg.root`, kept in memory or streamed as `runtime.data_storage` says (logged)."""
-    if cfg.augment.value == "crop_flip":
+    if cfg.augment.value in ("crop_flip", "crop_flip_zero"):
         raise DataError("dataset 'imagenet_folder' augments with augment=resized_crop_flip (or flip, or none); "
-                        "crop_flip pads and crops images of one fixed size")
+                        f"{cfg.augment.value} pads and crops images of one fixed size")
     classes, train, test = scan(Path(cfg.root))
     train, test = subset(train, cfg.train_subset, True), subset(test, cfg.test_subset, False)
     workers = default_workers() if runtime.data_workers < 0 else runtime.data_workers
