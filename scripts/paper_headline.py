@@ -17,7 +17,9 @@ Per stage: the dense pretraining to the rewind point, the CTS search, retraining
 seconds from the stages' own records), their sum (the paper's time counts pretraining + search +
 retraining), and the test accuracy. Budget: about 9 + 151 dense epochs plus the search (160 epochs for the
 preset's `long`, each about 1.4-1.6 dense epochs), so roughly 400 x the dense epoch time per seed; `--extra
-pruner.length=half` measures the shorter search too. Exit status 0 when every seed finished.
+pruner.length=half` measures the shorter search too. On a GPU machine without a package index, prepare it as
+scripts/bench_gpu.py says (the CIFAR-10 archive and the missing wheels carried in git-ignored folders). Exit
+status 0 when every seed finished.
 """
 
 from __future__ import annotations

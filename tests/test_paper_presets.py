@@ -22,10 +22,12 @@ from ltsearch import cli as ltsearch_cli
 from ltsearch.cache import spec_key
 from ltsearch.compose import register_configs, to_config
 from ltsearch.config import config_container
+from ltsearch.errors import ResumeError
 from ltsearch.masking import prunable_modules
 from ltsearch.models import build_model
-from ltsearch.pipeline import run_pipeline
+from ltsearch.pipeline import check_record, run_pipeline
 from ltsearch.pruners.concrete import per_sample_function
+from ltsearch.rundir import write_record
 from ltsearch.seeding import derive_seed
 from tests.conftest import REPO, make_config
 
@@ -256,3 +258,20 @@ def test_paper_preset_runs_end_to_end_with_its_network(tmp_path):
         assert not any("running" in k for k in state), artifact
     net = ltsearch.load_ticket(run, weights="trained")
     assert all(not m.track_running_stats for m in net.modules() if isinstance(m, nn.BatchNorm2d))
+
+
+def test_a_run_recorded_before_the_options_resumes_only_with_the_network_it_built(tmp_path):
+    """A record without the bn_*/bias_init keys was built with gamma 1, running statistics and zero biases
+    (the schema defaults): the quickstart resumes; model=resnet20, now open_lth's uniform scheme, is refused."""
+    for overrides, refused in ((["runtime.progress=false"], False), (["model=resnet20", "dataset=fake"], True)):
+        cfg = make_config(*overrides)
+        recorded = config_container(cfg)
+        recorded["model"] = {k: v for k, v in recorded["model"].items() if not k.startswith(("bn_", "bias_"))}
+        run_dir = tmp_path / ("refused" if refused else "resumes")
+        run_dir.mkdir()
+        write_record(run_dir, recorded, overrides, "cts_kl")
+        if refused:
+            with pytest.raises(ResumeError, match="model.bn_init: '<absent>' \\(recorded\\) -> 'uniform'"):
+                check_record(run_dir, cfg, overrides, "cts_kl")
+        else:
+            check_record(run_dir, cfg, overrides, "cts_kl")
