@@ -21,7 +21,9 @@ import ltsearch
 from ltsearch import cli as ltsearch_cli
 from ltsearch.cache import spec_key
 from ltsearch.compose import register_configs, to_config
-from ltsearch.config import config_container
+from ltsearch.config import DatasetConfig, RuntimeConfig, config_container
+from ltsearch.data import build_data
+from ltsearch.data.stream import load_image_folder
 from ltsearch.errors import ResumeError
 from ltsearch.masking import prunable_modules
 from ltsearch.models import build_model
@@ -30,6 +32,8 @@ from ltsearch.pruners.concrete import per_sample_function
 from ltsearch.rundir import write_record
 from ltsearch.seeding import derive_seed
 from tests.conftest import REPO, make_config
+from tests.test_data import make_folder
+from tests.test_stream import bench_stream
 
 PAPER = ["resnet20_cifar10", "resnet20_cifar100", "vgg16_cifar10", "vgg16_cifar100", "resnet50_imagenet",
          "resnet18_tinyimagenet"]
@@ -275,3 +279,18 @@ def test_a_run_recorded_before_the_options_resumes_only_with_the_network_it_buil
                 check_record(run_dir, cfg, overrides, "cts_kl")
         else:
             check_record(run_dir, cfg, overrides, "cts_kl")
+
+
+def test_image_folders_hold_their_evaluation_split_in_a_mixed_order(tmp_path):
+    """Class folders list one class after another; evaluation batches (and dataset.test_subset) of a batch-
+    statistics network must mix classes, as the authors' shuffled evaluation loader does. Both the in-memory
+    folder (cifar10_jpeg) and the streamed one (imagenet) keep a fixed, seeded mixed order."""
+    root = make_folder(tmp_path / "tiny", train=2, test=5)
+    data = build_data(make_config("dataset=imagefolder", f"dataset.root={root}", "dataset.test_subset=5").dataset)
+    assert len(set(data.test_y.tolist())) > 1
+    again = build_data(make_config("dataset=imagefolder", f"dataset.root={root}", "dataset.test_subset=5").dataset)
+    assert torch.equal(data.test_y, again.test_y) and torch.equal(data.test_x, again.test_x)
+    streamed = bench_stream.make_image_folder(tmp_path / "imagenet", 60, classes=3, sizes=(8, 12))
+    cfg = DatasetConfig(name="imagenet_folder", root=str(streamed), image_size=8, resize_size=8, test_subset=2)
+    labels = load_image_folder(cfg, RuntimeConfig(data_storage="stream", data_workers=0)).test.labels
+    assert len(set(labels.tolist())) > 1

@@ -38,7 +38,7 @@ from torchvision.transforms import v2
 
 import ltsearch.distributed as distributed
 from ltsearch.config import DatasetConfig, RuntimeConfig
-from ltsearch.data.common import sample_indices, to_inputs
+from ltsearch.data.common import mixed_order, sample_indices, to_inputs
 from ltsearch.data.folders import Split, available_memory, decoded_bytes, identity, scan, subset
 from ltsearch.data.sources import decode
 from ltsearch.distributed import Shard
@@ -264,6 +264,9 @@ def load_image_folder(cfg: DatasetConfig, runtime: RuntimeConfig) -> ImageFolder
         raise DataError("dataset 'imagenet_folder' augments with augment=resized_crop_flip (or flip, or none); "
                         f"{cfg.augment.value} pads and crops images of one fixed size")
     classes, train, test = scan(Path(cfg.root))
+    # the evaluation split in a fixed random order, not class by class (`common.mixed_order`)
+    order = mixed_order(len(test)).numpy()
+    test = Split(test.files[order], test.labels[order])
     train, test = subset(train, cfg.train_subset, True), subset(test, cfg.test_subset, False)
     workers = default_workers() if runtime.data_workers < 0 else runtime.data_workers
     data = ImageFolderData(
