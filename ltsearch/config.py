@@ -44,7 +44,8 @@ class Schedule(str, Enum):
 class Augment(str, Enum):
     none = "none"
     flip = "flip"
-    crop_flip = "crop_flip"
+    crop_flip = "crop_flip"  # random crop of the image padded by 4 by reflection (the CTS protocol) + flip
+    crop_flip_zero = "crop_flip_zero"  # the same with zero padding (torchvision's RandomCrop(32, 4), open_lth)
     resized_crop_flip = "resized_crop_flip"  # ImageNet's random-resized crop + flip (image folders streamed)
 
 
@@ -57,6 +58,31 @@ class Precision(str, Enum):
 class Shortcut(str, Enum):
     conv1x1 = "conv1x1"
     conv3x3 = "conv3x3"
+
+
+class BNInit(str, Enum):
+    """BatchNorm weights at initialisation (biases are 0 in both): `ones` (PyTorch's own reset), `uniform`
+    (gamma ~ U(0, 1), as open_lth's CIFAR defaults and the CTS authors' networks)."""
+
+    ones = "ones"
+    uniform = "uniform"
+
+
+class BNStats(str, Enum):
+    """What BatchNorm normalises with: `running` (PyTorch's standard: batch statistics in training, running
+    averages in evaluation), `batch` (no running statistics at all: every forward pass normalises with the
+    statistics of its own batch, in training, evaluation and search, as the CTS authors' networks do)."""
+
+    running = "running"
+    batch = "batch"
+
+
+class BiasInit(str, Enum):
+    """Biases of conv and linear layers at initialisation: `zeros`, or `torch` (kept as PyTorch's layer
+    constructor draws them, U(-1/sqrt(fan_in), 1/sqrt(fan_in)), as open_lth and the CTS authors leave them)."""
+
+    zeros = "zeros"
+    torch = "torch"
 
 
 class SanityVariant(str, Enum):
@@ -92,13 +118,20 @@ def _require(condition: bool, message: str) -> None:
 
 @dataclass
 class ModelConfig:
-    """Architecture. `exclude` lists fnmatch patterns of weight names that are never pruned."""
+    """Architecture. `exclude` lists fnmatch patterns of weight names that are never pruned.
+
+    `bn_init`, `bn_stats` and `bias_init` apply to every built-in network (`model=custom` keeps its
+    constructor's initialisation, so only `bn_stats` applies to it); the defaults are PyTorch's standard
+    BatchNorm with ltsearch's zero biases, and the presets choose per reference (README, Paper presets)."""
 
     name: str = MISSING
     depth: int = 0
     width: int = 0
     hidden: list[int] = field(default_factory=list)
     shortcut: Shortcut = Shortcut.conv1x1
+    bn_init: BNInit = BNInit.ones
+    bn_stats: BNStats = BNStats.running
+    bias_init: BiasInit = BiasInit.zeros
     exclude: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:

@@ -19,8 +19,9 @@
 On a GPU machine without a package index: copy DATA_DIR/cifar10-jpeg.tar.gz and the
 wheels the machine lacks (hydra-core, omegaconf, antlr4-python3-runtime, mnist1d) into git-ignored folders
 named in `carry`, install the wheels, then run this script once with a timeout that leaves room for a
-rerun. Budget: the pipeline trains 9 + 151 dense epochs and searches 20 (1.4-1.6 dense epochs each), so
-it takes about 190 x the "s / epoch" of the epoch part; at over 3 s per epoch it does not fit one 10-minute
+rerun. Budget: the pipeline trains 9 + 151 dense epochs and searches 160 (the preset's `long` search; 1.4-1.6
+dense epochs each), so it takes about 400 x the "s / epoch" of the epoch part (`--runtime pruner.length=short`:
+about 190 x); at over 1.5 s per epoch it does not fit one 10-minute
 call together with the other parts, so run `--parts epoch --epochs 2` first or the pipeline alone.
 
 Every part prints a markdown table as soon as it finishes and appends it to OUT/bench_gpu.md, so a call

@@ -132,12 +132,18 @@ def check_tiny(data: Data, train: int = 3, test: int = 2) -> None:
     assert data.train_x.shape == (3 * train, 3, 5, 6) and data.test_x.shape == (3 * test, 3, 5, 6)
     assert data.train_x.dtype == torch.uint8
     assert data.train_y.tolist() == [0] * train + [1] * train + [2] * train  # sorted class order
-    for split, offset, n in (("train", 0, train), ("test", 10, test)):
-        xs, ys = (data.train_x, data.train_y) if split == "train" else (data.test_x, data.test_y)
-        for j in range(xs.shape[0]):
-            cls, i = sorted(CLASSES)[int(ys[j])], offset + j % n
-            assert xs[j, :, 2, 3].tolist() == list(color(cls, i)), (split, j)
-            assert xs[j, :, 0, 0].tolist() == [255, 255, 255]
+    for j in range(data.train_x.shape[0]):
+        cls, i = sorted(CLASSES)[int(data.train_y[j])], j % train
+        assert data.train_x[j, :, 2, 3].tolist() == list(color(cls, i)), ("train", j)
+    # the test split in a fixed random order (common.mixed_order), every image once, with its own label
+    assert data.test_y.tolist() != sorted(data.test_y.tolist())
+    seen = set()
+    for j in range(data.test_x.shape[0]):
+        cls = sorted(CLASSES)[int(data.test_y[j])]
+        (i,) = [i for i in range(10, 10 + test) if data.test_x[j, :, 2, 3].tolist() == list(color(cls, i))]
+        seen.add((cls, i))
+    assert len(seen) == 3 * test
+    assert all(x[:, 0, 0].tolist() == [255, 255, 255] for x in (*data.train_x, *data.test_x))
 
 
 def test_imagefolder_decodes_with_sorted_labels_and_caches(tmp_path, isolated_cache, monkeypatch):

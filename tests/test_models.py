@@ -175,7 +175,8 @@ def test_same_seed_same_init_and_independent_of_global_rng():
 
 
 def test_init_scheme():
-    model, _ = build("model=resnet20", "dataset.shape=[3,8,8]")
+    """bn_init=ones / bias_init=zeros (the uniform scheme and PyTorch's biases: tests/test_paper_presets.py)."""
+    model, _ = build("model=resnet20", "dataset.shape=[3,8,8]", "model.bn_init=ones", "model.bias_init=zeros")
     for module in model.modules():
         if isinstance(module, nn.BatchNorm2d):
             assert torch.all(module.weight == 1) and torch.all(module.bias == 0)

@@ -105,13 +105,20 @@ class Data:
         """Stored samples -> normalised float inputs on `device` (uint8 images are scaled to [0, 1])."""
         return to_inputs(x, self.mean, self.std, device)
 
+    def black(self) -> Tensor | None:
+        """A black pixel as a normalised input (per channel), the padding of `crop_flip_zero`."""
+        if self.mean is None or self.std is None:
+            return None
+        return -self.mean / self.std
+
     def train_batches(self, batch_size: int, gen: torch.Generator, augment: bool = True,
                       device: torch.device | None = None) -> Iterator[tuple[Tensor, Tensor]]:
         """One epoch of shuffled training batches (the last one may be smaller); this rank's rows of each."""
         order = self.train_order(batch_size, gen)
+        fill = self.black() if self.augment == "crop_flip_zero" else None
         for idx, (x, y) in zip(order, self.train_batches_at(order, device), strict=True):
             if augment:  # on the calling thread: the generator's draws stay in one order
-                x = augment_batch(x, self.augment, gen, self.shard, len(idx))
+                x = augment_batch(x, self.augment, gen, self.shard, len(idx), fill)
             yield x, y
 
     def train_order(self, batch_size: int, gen: torch.Generator) -> list[Tensor]:

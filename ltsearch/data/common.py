@@ -1,6 +1,6 @@
 """What the in-memory datasets (`ltsearch.data.Data`) and the image folders streamed from disk
-(`ltsearch.data.stream`) share: turning stored uint8 or float samples into network inputs, and the seeded
-choice of a training subset."""
+(`ltsearch.data.stream`) share: turning stored uint8 or float samples into network inputs, the seeded
+choice of a training subset, and the fixed order of an image folder's evaluation split."""
 
 from __future__ import annotations
 
@@ -23,6 +23,15 @@ def to_inputs(x: Tensor, mean: Tensor | None, std: Tensor | None, device: torch.
         shape = (1, -1) + (1,) * (x.dim() - 2)
         x = (x - mean.to(x.device).view(shape)) / std.to(x.device).view(shape)
     return x
+
+
+def mixed_order(n: int) -> Tensor:
+    """A fixed random order of n held-out samples (seeded by a constant: the same in every run and on every
+    machine). Image folders list their images class by class; in that order a prefix (`dataset.test_subset`)
+    holds one class, and so does every evaluation batch, which a network normalising with batch statistics
+    (`model.bn_stats=batch`, or a mask judged with `batch_stats`) cannot be evaluated on. The CTS authors'
+    evaluation loader shuffles (a DistributedSampler)."""
+    return torch.randperm(n, generator=generator(0, "eval_order"))
 
 
 def sample_indices(labels: Tensor, num_classes: int, count: int, seed: int, *keys: object,

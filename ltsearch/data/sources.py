@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from ltsearch.config import DatasetConfig
+from ltsearch.data.common import mixed_order
 from ltsearch.errors import ArtifactError, DataError, first_line
 from ltsearch.paths import cache_root
 from ltsearch.seeding import generator
@@ -298,7 +299,8 @@ def _decode_quietly(root: Path) -> dict[str, Any]:
 
 def load_imagefolder(cfg: DatasetConfig) -> Arrays:
     """root/train/<class>/* and root/test/<class>/* (root may also be a .tar or .tar.gz of such a folder,
-    at any depth). Decoded once to uint8 tensors and cached under `ltsearch.paths.cache_root()`."""
+    at any depth). Decoded once to uint8 tensors and cached under `ltsearch.paths.cache_root()`. The test
+    split is held in a fixed random order (`common.mixed_order`), not class by class."""
     root = Path(cfg.root).expanduser()
     if not root.exists():
         raise DataError(f"dataset 'imagefolder': {root} does not exist (set dataset.root to a folder with "
@@ -306,8 +308,9 @@ def load_imagefolder(cfg: DatasetConfig) -> Arrays:
     decoded = _kept(cache_root() / f"imagefolder-{_fingerprint(root)}.pt", lambda: _decode_quietly(root), "decoded")
     train_x = decoded["train_x"]
     mean, std = (None, None) if cfg.mean else channel_stats(train_x)
-    return Arrays(train_x, decoded["train_y"], decoded["test_x"], decoded["test_y"], len(decoded["classes"]),
-                  mean, std)
+    order = mixed_order(decoded["test_y"].shape[0])  # class folders list one class after another
+    return Arrays(train_x, decoded["train_y"], decoded["test_x"][order], decoded["test_y"][order],
+                  len(decoded["classes"]), mean, std)
 
 
 def channel_stats(images: Tensor, chunk: int = 4096) -> tuple[list[float], list[float]]:

@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 import ltsearch.distributed as distributed
 from ltsearch.config import DatasetConfig, RuntimeConfig
-from ltsearch.data.common import sample_indices, to_inputs
+from ltsearch.data.common import mixed_order, sample_indices, to_inputs
 from ltsearch.data.folders import Split, available_memory, decoded_bytes, identity, scan, subset
 from ltsearch.data.sources import decode
 from ltsearch.distributed import Shard
@@ -264,10 +264,13 @@ def default_workers() -> int:
 
 def load_image_folder(cfg: DatasetConfig, runtime: RuntimeConfig) -> ImageFolderData:
     """The folder `cfg.root`, kept in memory or streamed as `runtime.data_storage` says (logged)."""
-    if cfg.augment.value == "crop_flip":
+    if cfg.augment.value in ("crop_flip", "crop_flip_zero"):
         raise DataError("dataset 'imagenet_folder' augments with augment=resized_crop_flip (or flip, or none); "
-                        "crop_flip pads and crops images of one fixed size")
+                        f"{cfg.augment.value} pads and crops images of one fixed size")
     classes, train, test = scan(Path(cfg.root))
+    # the evaluation split in a fixed random order, not class by class (`common.mixed_order`)
+    order = mixed_order(len(test)).numpy()
+    test = Split(test.files[order], test.labels[order])
     train, test = subset(train, cfg.train_subset, True), subset(test, cfg.test_subset, False)
     workers = default_workers() if runtime.data_workers < 0 else runtime.data_workers
     data = ImageFolderData(

@@ -1,7 +1,12 @@
 """SynFlow (Tanaka et al. 2020): data-free, iterative pruning by synaptic flow.
 
 On a copy of the network (the original is never touched, so its signs need no restoring) every parameter
-and buffer is replaced by its absolute value and BatchNorm runs in eval mode. With an all-ones input of
+and buffer is replaced by its absolute value and BatchNorm runs in eval mode. A BatchNorm without running
+statistics (`model.bn_stats=batch`) would normalise the single all-ones input by its own statistics; it gets
+fresh running statistics (mean 0, variance 1) instead, as the CTS authors build SynFlow's network with
+`bn_track=True` (a fresh network's statistics, whatever the pruning point's weights): BatchNorm is then the
+affine map |gamma| x / sqrt(1 + eps) + |beta|, exactly what a network with running statistics at
+initialisation computes. With an all-ones input of
 batch 1 and R = sum of the outputs, the score of a weight is |w * dR/dw|, computed on the effective
 (masked) weights. Round n of `rounds` keeps density d^(n/rounds) (exponential schedule) among the weights
 still kept (pruned entries score -inf, so the masks of successive rounds are nested); the last round keeps
@@ -38,9 +43,21 @@ class SynFlowConfig(PrunerConfig):
             raise ValueError(f"pruner.rounds must be >= 1 (pruning rounds of SynFlow), got {self.rounds}")
 
 
+def unit_running_statistics(net: nn.Module) -> None:
+    """Give every BatchNorm that has no running statistics fresh ones (mean 0, variance 1), in place."""
+    ref = next(net.parameters())
+    for m in net.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is None:
+            m.register_buffer("running_mean", torch.zeros(m.num_features, dtype=ref.dtype, device=ref.device))
+            m.register_buffer("running_var", torch.ones(m.num_features, dtype=ref.dtype, device=ref.device))
+            m.register_buffer("num_batches_tracked", torch.zeros((), dtype=torch.long, device=ref.device))
+            m.track_running_stats = True
+
+
 def linearized_copy(model: nn.Module, dtype: torch.dtype) -> nn.Module:
     """A copy of `model` without masks, in `dtype`, in eval mode, with |parameters| and |buffers|."""
     net = detach_masks(copy.deepcopy(model)).to(dtype)
+    unit_running_statistics(net)
     net.eval()
     with torch.no_grad():
         for tensor in [*net.parameters(), *net.buffers()]:

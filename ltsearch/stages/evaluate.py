@@ -15,7 +15,7 @@ from typing import Any
 from rich.table import Table
 
 import ltsearch.ticketfile as ticketfile
-from ltsearch.config import config_container
+from ltsearch.config import BNStats, config_container
 from ltsearch.context import RunContext
 from ltsearch.cost import cost_summary, flops_per_sample
 from ltsearch.masking import effective_density_report, keep_count, masks_of, plain_state_dict
@@ -67,6 +67,9 @@ def run(ctx: RunContext, out: ArtifactDir) -> dict[str, Any]:
         "weights": source,
         "test_acc": test["acc"],
         "test_loss": test["loss"],
+        # with model.bn_stats=batch the test accuracy depends on the batches it is measured in
+        "evaluation": {"batch_size": ctx.cfg.train.eval_batch_size,
+                       "batchnorm": BNStats(ctx.cfg.model.bn_stats).value},
         "density": {
             "target": ctx.target_density,
             "target_kept": keep_count(ctx.target_density, measured["total"]),

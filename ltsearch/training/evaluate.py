@@ -2,7 +2,9 @@
 
 Both go through the same (masked) forward path as training. `batch_stats=True` runs BatchNorm on each
 batch's own statistics with the saved running statistics left untouched: how a mask is judged at the
-pruning point (the CTS authors' networks normalise with batch statistics everywhere).
+pruning point. A network without running statistics (`model.bn_stats=batch`, the CTS authors' networks)
+always normalises with each batch's statistics, so what it computes for a sample depends on the batch it
+is evaluated in: `batch_size` (the config's `train.eval_batch_size`) is part of the result.
 
 In a distributed run `evaluate` gives every rank every world-th batch and sums the counts over the ranks
 (the batches are those of one process, so batch statistics too are the same); `predict` runs every batch
@@ -28,7 +30,8 @@ from ltsearch.runtime import Runtime
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Data, runtime: Runtime, split: str = "test", batch_size: int = 1000,
              limit: int = 0, batch_stats: bool = False) -> dict[str, float]:
-    """Mean cross-entropy and accuracy in eval mode (BatchNorm on running statistics unless `batch_stats`)."""
+    """Mean cross-entropy and accuracy in eval mode, in batches of `batch_size` (BatchNorm on running
+    statistics unless `batch_stats` or the network has none)."""
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=runtime.device)
