@@ -232,6 +232,9 @@ class SanityConfig:
                                  SanityVariant.random]
     )
     margin: float = 0.005
+    # Also retrain the unpruned network from the ticket's starting weights with the ticket's budget: the
+    # dense reference that the summary quotes beside the ticket (a reference, not a check; one retraining).
+    dense: bool = False
 
     def __post_init__(self) -> None:
         _require(0.0 <= self.margin < 1.0, f"sanity.margin must be in [0, 1) (accuracy, 0.005 = 0.5 points), "

@@ -287,6 +287,30 @@ def test_teacher_is_not_cached_when_batch_composition_or_dropout_changes_it(tmp_
     assert not per_sample_function(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4)).eval())
 
 
+def test_search_on_running_statistics_caches_the_teacher_and_restores_the_mode(tmp_path):
+    """pruner.batchnorm=running: BatchNorm normalises with the pruning point's running statistics, so every
+    sample's logits are its own and the teacher's are computed once; the network leaves the search as it
+    came (training mode, same weights and statistics), and the mask differs from the batch-statistics one."""
+    masks = {}
+    for mode in ("running", "batch"):
+        cfg = make_config(*CTS_TINY, "pruner=cts_kl", "sparsity=0.9", f"pruner.batchnorm={mode}")
+        ctx = _prune_context(cfg, tmp_path / mode)
+        ctx.model.train()
+        with torch.no_grad():  # non-trivial running statistics
+            ctx.model(ctx.data.prepare(ctx.data.train_x[:64]))
+        before = {k: v.clone() for k, v in ctx.model.state_dict().items()}
+        result = build_pruner(cfg.pruner).prune(ctx)
+        assert ctx.model.training
+        assert all(torch.equal(before[k], v) for k, v in ctx.model.state_dict().items())
+        samples = [r["teacher_samples"] for r in result.info["history"]]
+        assert samples == ([256, 0, 0] if mode == "running" else [256, 256, 256])
+        masks[mode] = result.masks
+    assert any(not torch.equal(masks["running"][k], masks["batch"][k]) for k in masks["batch"])
+    bn = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4))
+    assert per_sample_function(bn.eval(), batch_statistics=False)
+    assert not per_sample_function(bn.train(), batch_statistics=False)
+
+
 @pytest.mark.parametrize(("objective", "cached"), [
     ("task", "needs no teacher"), ("forward_kl", None), ("reverse_kl", None), ("delta_loss", None),
     ("grad_norm", "needs no teacher"), ("feature_matching", "more of the unmasked network"),

@@ -141,6 +141,33 @@ def test_rewind_mask_skips_reinit_and_keeps_the_start_epoch(tmp_path, tiny):
     assert not torch.equal(start["hidden.0.weight"], w0.state_dict()["hidden.0.weight"])  # shuffle used w_k
 
 
+def test_dense_reference_is_retrained_with_the_ticket_budget_and_quoted_in_one_line(tmp_path, tiny):
+    """sanity.dense=true retrains the unpruned network from the ticket's starting weights over the ticket's
+    epochs; it is no check (passed_all follows the variants alone), and the summary's one line quotes it
+    beside the random mask."""
+    from ltsearch.stages.evaluate import comparison_line, summary_table
+
+    cfg = make_config(*tiny, "pruner=magnitude", "pruner.when=rewind", "sparsity=0.9", STAGES,
+                      "sanity.variants=[random]", "sanity.dense=true")
+    results = run_pipeline(cfg, tmp_path)
+    summary = json.loads((tmp_path / "sanity" / "sanity.json").read_text())
+    assert list(summary["variants"]) == ["random"]
+    assert summary["passed_all"] == summary["variants"]["random"]["passed"]
+    dense = summary["dense"]
+    history = json.loads((tmp_path / "sanity" / "dense" / "metrics.json").read_text())
+    assert dense["accuracy"] == history[-1]["test_acc"] and [r["epoch"] for r in history] == [2, 3]
+    assert all(bool(m.all()) for m in _load(tmp_path / "sanity" / "dense" / "mask.pt").values())
+    assert "dense" in sanity.verdict_line(summary) and "reference" in sanity.verdict_line(summary)
+    line = comparison_line(results)
+    random_acc = summary["variants"]["random"]["accuracy"]
+    assert line == (f"keeps 10.0% of the weights: {100 * results['test_acc']:.1f}%; a random mask with the same "
+                    f"layer sizes (fresh weights): {100 * random_acc:.1f}%; dense: {100 * dense['accuracy']:.1f}%")
+    assert summary_table(results).columns[1]._cells[0] == line
+    # without the sanity stage the line names the ticket alone
+    assert comparison_line({**results, "sanity": None}).startswith("keeps 10.0% of the weights: ")
+    assert ";" not in comparison_line({**results, "sanity": None})
+
+
 def test_missing_scores_skip_invert_and_resume_reruns_only_unfinished(tmp_path, tiny):
     cfg = make_config(*tiny, "pruner=magnitude", "sparsity=0.7", STAGES, "sanity.variants=[invert,shuffle]")
     run_pipeline(make_config(*tiny, "pruner=magnitude", "sparsity=0.7", "stages=[search,rewind,retrain]",

@@ -51,6 +51,14 @@ class Control(str, Enum):
     lagrange = "lagrange"
 
 
+class BatchNormMode(str, Enum):
+    """How BatchNorm normalises during the search: `batch` (each batch's statistics, as the CTS authors'
+    networks always do) or `running` (the running statistics of the pruning-point network, fixed)."""
+
+    batch = "batch"
+    running = "running"
+
+
 # -- the formulas ------------------------------------------------------------------------------------------
 def logistic_noise(n: int, gen: torch.Generator, device: torch.device) -> Tensor:
     """L = log u - log(1 - u), u ~ U(0, 1) clamped to [1e-10, 1 - 1e-10].
@@ -148,11 +156,13 @@ class LogitLayout:
 
 
 
-def per_sample_function(model: nn.Module) -> bool:
-    """True when the network's output for a sample depends on that sample alone: no BatchNorm (the search
-    runs it on batch statistics, which couple the samples of a batch) and no active dropout."""
+def per_sample_function(model: nn.Module, batch_statistics: bool = True) -> bool:
+    """True when the network's output for a sample depends on that sample alone: no active dropout, and no
+    BatchNorm that normalises with the statistics of the batch (`batch_statistics`: the search runs every
+    BatchNorm on batch statistics; else only those without running statistics do)."""
     for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and (batch_statistics or m.training
+                                                                or not m.track_running_stats):
             return False
         if isinstance(m, nn.modules.dropout._DropoutNd) and m.training and m.p > 0:
             return False
@@ -162,8 +172,9 @@ def per_sample_function(model: nn.Module) -> bool:
 class ConcreteSearch:
     """The optimisation state of one search (theta, Adam, the sparsity control) and its steps.
 
-    The network runs with BatchNorm on batch statistics; `batch_statistics` in `CTSPruner.prune`
-    restores the saved running statistics afterwards.
+    BatchNorm (`pruner.batchnorm`): on batch statistics (`batch_statistics` in `CTSPruner.prune` restores
+    the saved running statistics afterwards), or on the running statistics saved at the pruning point (the
+    network in evaluation mode).
     """
 
     def __init__(self, model: nn.Module, weights: dict[str, Tensor], density: float, cfg: CTSConfig,
@@ -192,8 +203,8 @@ class ConcreteSearch:
                     else "the objective needs more of the unmasked network than its logits")
         if not self.cfg.cache_teacher:
             return "pruner.cache_teacher=false"
-        if not per_sample_function(self.model):
-            return "the network has BatchNorm or active dropout"
+        if not per_sample_function(self.model, self.cfg.batchnorm == BatchNormMode.batch):
+            return ("the network has BatchNorm on batch statistics or active dropout")
         nbytes = data.train_size * data.num_classes * 4
         if nbytes > TEACHER_CACHE_LIMIT:
             return f"the logits would take {nbytes / 2**20:.0f} MiB"

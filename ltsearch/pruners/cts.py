@@ -14,10 +14,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
+
+from torch import nn
 
 from ltsearch.config import When
 from ltsearch.data import Data
@@ -25,7 +27,7 @@ from ltsearch.masking import batch_statistics, topk_masks
 from ltsearch.objectives import build_objective
 from ltsearch.paths import CTS_SEARCH
 from ltsearch.pruners.base import PruneContext, Pruner, PrunerConfig, PruneResult
-from ltsearch.pruners.concrete import ConcreteSearch, Control
+from ltsearch.pruners.concrete import BatchNormMode, ConcreteSearch, Control
 from ltsearch.rundir import ArtifactDir
 from ltsearch.training.loop import EpochLoop, Record
 
@@ -58,6 +60,8 @@ class CTSConfig(PrunerConfig):
     lr_drop_epoch: int = -1
     lr_drop_factor: float = 0.1
     batch_size: int = 0
+    # BatchNorm in the search: batch statistics (the authors') or the pruning point's running statistics
+    batchnorm: BatchNormMode = BatchNormMode.batch
     # bf16 autocast for the search's forward passes on CUDA: opt-in until scripts/check_cts_bf16.py has
     # shown on a GPU that it selects the same mask as fp32 up to seed noise.
     autocast: bool = False
@@ -157,6 +161,22 @@ class SearchEpochs:
                  r["expected_density"], r["target_density"], r["density_theta_positive"], r["lambda"], r["time"])
 
 
+@contextlib.contextmanager
+def statistics(model: nn.Module, mode: BatchNormMode) -> Iterator[None]:
+    """The network as the search runs it: BatchNorm on batch statistics (the saved running statistics
+    restored afterwards), or in evaluation mode on its running statistics (its mode restored afterwards)."""
+    if mode == BatchNormMode.batch:
+        with batch_statistics(model):
+            yield
+        return
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
 class CTSPruner(Pruner):
     Config = CTSConfig
 
@@ -168,14 +188,15 @@ class CTSPruner(Pruner):
         work = ctx.out.child(CTS_SEARCH).start()
         log.info("cts: %d search epochs, objective %s, control %s, %d logits, target density %.5f", epochs,
                  search.objective_name, Control(cfg.control).value, search.layout.total, ctx.density)
-        reason = search.teacher_cache_reason(ctx.data)
+        with statistics(ctx.model, BatchNormMode(cfg.batchnorm)):
+            reason = search.teacher_cache_reason(ctx.data)
         log.info("cts: %s", "teacher logits computed once and reused every epoch" if reason is None
                  else f"no teacher cache: {reason}")
         loop = EpochLoop(work, start_epoch=0, end_epoch=epochs,
                          steps_per_epoch=math.ceil(ctx.data.train_size / batch), description="cts search",
                          progress=ctx.runtime.progress, keep_checkpoints=ctx.runtime.keep_checkpoints,
                          callbacks=ctx.callbacks)
-        with batch_statistics(ctx.model):
+        with statistics(ctx.model, BatchNormMode(cfg.batchnorm)):
             history = loop.run(SearchEpochs(search, ctx.data, batch, ctx.seed, epochs, work))
         work.mark_done(epochs=epochs)
         scores = search.scores()

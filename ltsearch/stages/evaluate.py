@@ -117,6 +117,7 @@ def summary_table(results: dict[str, Any]) -> Table:
     that add up (the ticket's cost, then the sanity checks, then everything)."""
     density = results["density"]
     table = Table(title=f"ltsearch: {results['label']} at sparsity {results['sparsity']}", show_header=False)
+    table.add_row("in one line", comparison_line(results))
     table.add_row("test accuracy", f"{results['test_acc']:.4f}  (loss {results['test_loss']:.4f}, "
                                    f"weights after {results['weights']})")
     pp = results.get("pruning_point") or {}
@@ -142,6 +143,35 @@ def summary_table(results: dict[str, Any]) -> Table:
     if cost:
         table.add_row("compute", _compute_line(cost))
     return table
+
+
+def _percent(fraction: float) -> str:
+    """A kept fraction as a percentage to two significant digits (1.0%, 0.74%, 10%)."""
+    value = 100 * fraction
+    if value >= 10:
+        return f"{value:.0f}%"
+    return f"{value:.1f}%" if value >= 1 else f"{value:.2g}%"
+
+
+def comparison_line(results: dict[str, Any]) -> str:
+    """What the run shows, in one line: the ticket's accuracy beside a random mask with the ticket's layer
+    sizes (the sanity stage's `random`, else `shuffle`) and the dense network (`sanity.dense`), where the run
+    measured them."""
+    density = results["density"]
+    kept = density["measured_kept"] / density["prunable"] if density["prunable"] else 1.0
+    parts = [f"keeps {_percent(kept)} of the weights: {100 * results['test_acc']:.1f}%"]
+    sanity = results.get("sanity") or {}
+    variants = sanity.get("variants") or {}
+    for name, words in (("random", "a random mask with the same layer sizes (fresh weights)"),
+                        ("shuffle", "the same layer sizes at shuffled positions")):
+        accuracy = (variants.get(name) or {}).get("accuracy")
+        if accuracy is not None:
+            parts.append(f"{words}: {100 * accuracy:.1f}%")
+            break
+    dense = (sanity.get("dense") or {}).get("accuracy")
+    if dense is not None:
+        parts.append(f"dense: {100 * dense:.1f}%")
+    return "; ".join(parts)
 
 
 def _compute_line(cost: dict[str, Any]) -> str:

@@ -21,6 +21,9 @@ Variants (k = the number of weights the ticket keeps; per-layer counts are the t
            seeded draw) AND fresh initial weights. Differs from `shuffle` only in the weights: shuffle keeps
            the ticket's starting weights, random starts from a new initialisation.
 
+With `sanity.dense=true` the unpruned network is retrained too, from the same starting weights with the
+same budget, in `sanity/dense/`: the reference the run's summary quotes beside the ticket, not a check.
+
 Verdict of one run: a variant passes when margin = ticket_acc - variant_acc > `sanity.margin` (test
 accuracy as a fraction; the default 0.005 = 0.5 percentage points). `ltsearch report` combines seeds
 (mean and std of the margin, see ltsearch/report.py).
@@ -64,6 +67,7 @@ from ltsearch.training.evaluate import evaluate
 
 log = logging.getLogger(__name__)
 
+DENSE = "dense"
 DEFINITIONS = {
     "shuffle": "per-layer kept counts of the ticket, positions uniformly random within each layer (seeded); "
                "the ticket's starting weights",
@@ -73,6 +77,7 @@ DEFINITIONS = {
               "init only",
     "random": "random ticket (Su et al. 2020): per-layer kept counts of the ticket at random positions AND "
               "fresh initial weights (shuffle keeps the ticket's weights)",
+    DENSE: "the reference (sanity.dense=true), not a check: no mask, the ticket's starting weights",
 }
 BUDGET = ("each variant is retrained from the ticket's start epoch to the end of the same schedule, with the "
           "same optimizer and the same data order as the ticket")
@@ -120,6 +125,10 @@ def invert_masks(scores: dict[str, Tensor], masks: Masks) -> Masks:
     return out
 
 
+def full_masks_like(masks: Masks) -> Masks:
+    return {name: torch.ones_like(mask, dtype=torch.bool) for name, mask in masks.items()}
+
+
 def _weights_with(state: dict[str, Tensor], masks: Masks) -> dict[str, Tensor]:
     return {k: (v * masks[k].to(v.dtype) if k in masks else v).clone() for k, v in state.items()}
 
@@ -131,6 +140,8 @@ def build_variant(ctx: RunContext, variant: str, masks: Masks, start: dict[str, 
     kept, total = count(masks)
     if kept == total:
         return "the ticket keeps every weight (dense): there is nothing to perturb"
+    if variant == DENSE:
+        return full_masks_like(masks), dict(start), DEFINITIONS[variant]
     if variant == SanityVariant.shuffle.value:
         new = shuffle_masks(masks, generator(seed, "sanity", "shuffle"))
         return new, _weights_with(start, new), DEFINITIONS[variant]
@@ -226,6 +237,11 @@ def run(ctx: RunContext, out: ArtifactDir) -> dict[str, Any]:
             "definition": DEFINITIONS[variant],
             **{k: result[k] for k in ("kept", "overlap_with_ticket") if k in result},
         }
+    reference = None
+    if ctx.cfg.sanity.dense:
+        result = run_variant(ctx, out.child(DENSE), DENSE, masks, start_weights, start_epoch)
+        reference = {"accuracy": result.get("accuracy"), "skipped_reason": result.get("skipped_reason"),
+                     "definition": DEFINITIONS[DENSE]}
     tested = [v for v in variants.values() if v["passed"] is not None]
     summary = {
         "method": ctx.label or ctx.cfg.pruner.name,
@@ -239,6 +255,7 @@ def run(ctx: RunContext, out: ArtifactDir) -> dict[str, Any]:
         "start_epoch": start_epoch,
         "passed_all": bool(tested) and all(v["passed"] for v in tested),
         "variants": variants,
+        "dense": reference,
     }
     out.save_json(SANITY_SUMMARY, summary)
     ctx.runtime.show(verdict_table(summary), at=Verbosity.verbose)
@@ -249,6 +266,9 @@ def verdict_line(summary: dict[str, Any]) -> str:
     """One line: each variant's margin and verdict (`shuffle +0.0180 pass, reinit skipped, ...`)."""
     parts = [f"{name} skipped" if v["passed"] is None else f"{name} {v['margin']:+.4f} {'pass' if v['passed'] else 'FAIL'}"
              for name, v in summary["variants"].items()]
+    dense = (summary.get("dense") or {}).get("accuracy")
+    if dense is not None:
+        parts.append(f"dense {dense:.4f} (reference)")
     return ", ".join(parts) or "no variant"
 
 
@@ -262,5 +282,8 @@ def verdict_table(summary: dict[str, Any]) -> Table:
             table.add_row(name, "-", "-", f"skipped: {v['skipped_reason']}")
         else:
             table.add_row(name, f"{v['accuracy']:.4f}", f"{v['margin']:+.4f}", "pass" if v["passed"] else "FAIL")
+    dense = summary.get("dense") or {}
+    if dense.get("accuracy") is not None:
+        table.add_row(DENSE, f"{dense['accuracy']:.4f}", "-", "reference (no mask)")
     table.caption = summary["rule"]
     return table
