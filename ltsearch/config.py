@@ -227,9 +227,10 @@ class SanityConfig:
     """Sanity checks of the ticket: which perturbed variants to retrain, and the margin (in accuracy, 0.005
     = 0.5 percentage points) by which the ticket must beat each of them to pass."""
 
+    # `invert` (the lowest scores) is left out of the default: every ticket beats it by a wide margin, and
+    # it costs a retraining like the others; `reinit` runs only for masks found at initialisation.
     variants: list[SanityVariant] = field(
-        default_factory=lambda: [SanityVariant.shuffle, SanityVariant.invert, SanityVariant.reinit,
-                                 SanityVariant.random]
+        default_factory=lambda: [SanityVariant.shuffle, SanityVariant.reinit, SanityVariant.random]
     )
     margin: float = 0.005
     # Also retrain the unpruned network from the ticket's starting weights with the ticket's budget: the

@@ -50,6 +50,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import ltsearch.ticketfile as ticketfile
 from ltsearch.paths import (
     CHECKPOINTS,
     CLOCK,
@@ -234,6 +235,9 @@ def check_visible(run_dir: Path) -> tuple[list[str], dict[str, int]]:
                 counts["json"] += 1
             elif path.suffix == ".pt":
                 torch.load(path, map_location="cpu", weights_only=True)
+                counts["pt"] += 1
+            elif path.suffix == ".safetensors":  # the evaluate stage's ticket file: its checksum is checked
+                ticketfile.read(path)
                 counts["pt"] += 1
             else:
                 problems.append(f"{path}: unexpected file type")

@@ -173,7 +173,7 @@ CASES = [
     # -- resuming and re-entering run directories --------------------------------------------------------------
     Case("changed_config_same_dir", "same hydra.run.dir with a changed config (sparsity)",
          ("run", "{fast}", "sparsity=0.5", "hydra.run.dir={done}"),
-         "holds a run with a different config (sparsity: 0.9 (recorded) -> 0.5 (now)); refusing to mix results",
+         "holds a run with a different config (sparsity: 0.99 (recorded) -> 0.5 (now)); refusing to mix results",
          target="done"),
     Case("negative_sparsity_on_finished_run", "sparsity=-0.1 with the hydra.run.dir of a finished run",
          ("run", "{fast}", "sparsity=-0.1", "hydra.run.dir={done}"), "sparsity must be in [0, 1)", target="done"),

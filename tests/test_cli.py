@@ -103,7 +103,7 @@ def test_cfg_job_prints_the_composed_config(tmp_path, cli, monkeypatch):
     rc, out, _ = cli("run", "--cfg", "job")
     cfg = yaml.safe_load(out)
     assert rc == 0 and cfg["model"]["name"] == "cnn1d" and cfg["dataset"]["name"] == "mnist1d"
-    assert cfg["sparsity"] == 0.9 and cfg["stages"][0] == "search" and cfg["stages"][-1] == "evaluate"
+    assert cfg["sparsity"] == 0.99 and cfg["stages"][0] == "search" and cfg["stages"][-1] == "evaluate"
     assert set(cfg) >= {"seed", "model", "dataset", "train", "pruner", "objective", "runtime"}
     rc, out, _ = cli("run", "--cfg", "job", "experiment=resnet20_cifar10", "sparsity=0.99", "model.shortcut=conv3x3")
     cfg = yaml.safe_load(out)

@@ -18,8 +18,8 @@ from ltsearch import overrides
 from tests.conftest import REPO, TINY, run_cli
 
 STAGES = ("search", "rewind", "retrain", "sanity", "evaluate")
-RUN = ["run", *TINY, "runtime.threads=1", "pruner=magnitude", "sanity.variants=[shuffle]"]
-SUMMARY_ROWS = ("test accuracy", "before retraining", "density", "sanity checks", "wall time", "compute")
+RUN = ["run", *TINY, "runtime.threads=1", "pruner=magnitude", "sparsity=0.9", "sanity.variants=[shuffle]"]
+SUMMARY_ROWS = ("in one line", "test accuracy", "before retraining", "density", "sanity checks", "wall time", "compute")
 
 
 def lines(text: str) -> list[str]:

@@ -127,7 +127,7 @@ def test_a_search_with_the_scale_differs_from_one_without(monkeypatch, tmp_path)
 
 def test_the_lr_drops_in_a_real_search_at_the_reference_epoch(tmp_path):
     overrides = [*TINY, "dataset.train_size=64", "train.batch_size=64", "pruner=cts", "pruner.epochs=20",
-                 "pruner.when=init", "pruner.control=lagrange", "stages=[search]"]
+                 "pruner.when=init", "pruner.control=lagrange", "stages=[search]", "search_protocol=none"]
     run_pipeline(compose(*overrides), tmp_path)
     history = json.loads((tmp_path / "search" / "cts" / "metrics.json").read_text())
     lrs = [r["lr"] for r in history]

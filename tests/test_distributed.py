@@ -33,7 +33,8 @@ pytestmark = pytest.mark.distributed
 TIMEOUT = 120
 RUN = ["dataset=fake", "dataset.train_size=500", "dataset.test_size=130", "model=mlp1d", "model.hidden=[32,32]",
        "train=tiny", "train.epochs=8", "train.batch_size=64", "runtime.progress=false", "runtime.threads=1",
-       "runtime.cache=false", "pruner=cts_kl", "pruner.ddp_lambda=global", "sanity.variants=[shuffle]"]
+       "runtime.cache=false", "pruner=cts_kl", "pruner.ddp_lambda=global", "sanity.variants=[shuffle]",
+       "search_protocol=none", "sparsity=0.9"]
 
 
 def torchrun(*args: str, nproc: int = 2) -> list[str]:

@@ -19,7 +19,7 @@ from ltsearch.pipeline import run_pipeline
 from tests.conftest import TINY, make_config
 
 # CTS after one epoch of dense training: pretraining, the search and retraining all log epochs
-RUN = [*TINY, "runtime.threads=1", "runtime.cache=false", "pruner=cts_kl", "pruner.epochs=2",
+RUN = [*TINY, "runtime.threads=1", "runtime.cache=false", "pruner=cts_kl", "pruner.epochs=2", "sparsity=0.9",
        "stages=[search,rewind,retrain,evaluate]"]
 CTS_KEYS = ("objective", "expected_density", "lambda")
 

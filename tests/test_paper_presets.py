@@ -172,7 +172,11 @@ def test_every_pruner_composes_with_every_paper_preset():
                 c = cfg(f"experiment={preset}", f"pruner={pruner}")
                 assert c.pruner.length.value == "long" if c.pruner.name == "cts" else not hasattr(c.pruner, "length")
             assert cfg(f"experiment={preset}", "pruner=cts", "pruner.length=half").pruner.length.value == "half"
-        assert cfg("experiment=lenet_mnist", "pruner=cts_kl").pruner.length == default_length
+        # the quickstart's protocol (the default) searches long at mask lr 0.4; a preset with none keeps the
+        # pruner's own defaults
+        assert default_length.value == "long" and cfg("pruner=cts_kl").pruner.lr == 0.4
+        lenet = cfg("experiment=lenet_mnist", "pruner=cts_kl").pruner
+        assert lenet.length.value == "short" and lenet.lr == 0.1
 
 
 def test_cfg_job_shows_the_authors_choices_and_open_lth_is_one_preset_away(tmp_path, monkeypatch, capsys):

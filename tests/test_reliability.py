@@ -337,7 +337,7 @@ def test_nan_loss_stops_the_stage_cleanly(tmp_path):
     and the run can be resumed (here with a runtime-only change; the same divergence recurs, at the same
     step, since the cause is in the config)."""
     run_dir = tmp_path / "run"
-    rc, out, err = cli("run", *FAST, "train.lr=1e12", f"hydra.run.dir={run_dir}")
+    rc, out, err = cli("run", *FAST, "sparsity=0.9", "train.lr=1e12", f"hydra.run.dir={run_dir}")
     assert rc == 1
     assert "Traceback" not in out + err
     message = message_of(err)

@@ -27,7 +27,7 @@ def init_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("init_run")
     cfg = make_config("dataset=fake", "dataset.train_size=256", "dataset.test_size=128", "model=mlp1d",
                       "model.hidden=[32,32]", "train=tiny", "runtime.progress=false", "pruner=magnitude",
-                      "sparsity=0.8", STAGES)
+                      "sparsity=0.8", STAGES, "sanity.variants=[shuffle,invert,reinit,random]")
     results = run_pipeline(cfg, run_dir, label="magnitude")
     return cfg, run_dir, results
 
@@ -161,7 +161,7 @@ def test_dense_reference_is_retrained_with_the_ticket_budget_and_quoted_in_one_l
     line = comparison_line(results)
     random_acc = summary["variants"]["random"]["accuracy"]
     assert line == (f"keeps 10.0% of the weights: {100 * results['test_acc']:.1f}%; a random mask with the same "
-                    f"layer sizes (fresh weights): {100 * random_acc:.1f}%; dense: {100 * dense['accuracy']:.1f}%")
+                    f"layer sizes: {100 * random_acc:.1f}%; dense: {100 * dense['accuracy']:.1f}%")
     assert summary_table(results).columns[1]._cells[0] == line
     # without the sanity stage the line names the ticket alone
     assert comparison_line({**results, "sanity": None}).startswith("keeps 10.0% of the weights: ")

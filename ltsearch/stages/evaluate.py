@@ -150,7 +150,7 @@ def _percent(fraction: float) -> str:
     value = 100 * fraction
     if value >= 10:
         return f"{value:.0f}%"
-    return f"{value:.1f}%" if value >= 1 else f"{value:.2g}%"
+    return f"{value:.1f}%" if value >= 0.995 else f"{value:.2g}%"
 
 
 def comparison_line(results: dict[str, Any]) -> str:
@@ -162,8 +162,8 @@ def comparison_line(results: dict[str, Any]) -> str:
     parts = [f"keeps {_percent(kept)} of the weights: {100 * results['test_acc']:.1f}%"]
     sanity = results.get("sanity") or {}
     variants = sanity.get("variants") or {}
-    for name, words in (("random", "a random mask with the same layer sizes (fresh weights)"),
-                        ("shuffle", "the same layer sizes at shuffled positions")):
+    for name, words in (("random", "a random mask with the same layer sizes"),
+                        ("shuffle", "the same layer sizes, shuffled")):
         accuracy = (variants.get(name) or {}).get("accuracy")
         if accuracy is not None:
             parts.append(f"{words}: {100 * accuracy:.1f}%")
