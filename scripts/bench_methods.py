@@ -15,9 +15,6 @@ Parts, each printed as a markdown table (and saved as CSV under --out):
             search length and mask lr, temperature, GradBalance slack, objective, BatchNorm in the search,
             the dense schedule; the task loss is CTS in the methods part), with the sanity stage: the ticket's accuracy,
             its margins over the shuffled and the random mask, the kept weights per layer, and the cost.
-  candidates  the default run's candidates, seed 0, with the sanity stage: the previous defaults (sparsity
-            0.9, batch 32 for 40 epochs, short search, four sanity variants), that schedule at 0.99 with the
-            long search, and the chosen defaults with 10 and 15 epochs: accuracy, margins, cost.
   quickstart  `ltsearch run seed=N` for seeds 0-4 exactly as a user runs it (the sanity stage included):
             the ticket's accuracy, each sanity margin and the dense reference.
 
@@ -25,7 +22,7 @@ Runs go through the CLI (`python -m ltsearch run ...`) into their own folders un
 time with one thread each (two single-threaded runs use two cores better than one two-threaded run); an
 interrupted benchmark resumes and finished runs are reused.
 
-    python scripts/bench_methods.py                          # every part (about 2 hours on 2 cores)
+    python scripts/bench_methods.py                          # every part (about 1.5 hours on 2 cores)
     python scripts/bench_methods.py --parts methods --seeds 0
 """
 
@@ -146,31 +143,6 @@ def part_ablation(out: Path, seeds: list[int], parallel: int) -> None:
     save_rows(out / "ablation.csv", rows)
 
 
-OLD_SCHEDULE = ["train.batch_size=32", "train.lr=0.05", "train.epochs=40", "train.rewind_epoch=2",
-                "search_protocol=none", "sanity.variants=[shuffle,invert,reinit,random]"]
-CANDIDATES = {
-    "previous defaults (0.9, short search)": ["sparsity=0.9", *OLD_SCHEDULE],
-    "previous schedule at 0.99, long search": ["sparsity=0.99", *OLD_SCHEDULE, "pruner.length=long"],
-    "defaults (0.99, batch 128, 10 epochs, long search, mask lr 0.4)": [],
-    "defaults with 15 epochs": ["train.epochs=15"],
-}
-
-
-def part_candidates(out: Path, parallel: int) -> None:
-    jobs = [(out / "candidates" / f"{i:02d}", [*overrides, "seed=0"]) for i, overrides in enumerate(CANDIDATES.values())]
-    rows = []
-    for (name, overrides), r in zip(CANDIDATES.items(), run_all(jobs, parallel), strict=True):
-        variants = (r.get("sanity") or {}).get("variants") or {}
-        rows.append({"candidate": name, "overrides": " ".join(overrides) or "-", "sparsity": r["sparsity"],
-                     "ticket %": f"{100 * r['test_acc']:.1f}",
-                     "margins (points)": ", ".join(f"{k} {100 * v['margin']:+.1f}" for k, v in variants.items()
-                                                   if v["margin"] is not None),
-                     "dense epochs (sanity included)": f"{r['cost']['total_with_reused']['epochs']:.1f}"})
-    print("\n### Candidates for the default run (seed 0)\n")
-    print(markdown_table(rows))
-    save_rows(out / "candidates.csv", rows)
-
-
 def part_quickstart(out: Path, seeds: list[int], parallel: int) -> None:
     results = run_all([(out / "quickstart" / f"seed{seed}", [f"seed={seed}"]) for seed in seeds], parallel)
     rows = []
@@ -191,8 +163,8 @@ def part_quickstart(out: Path, seeds: list[int], parallel: int) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--parts", nargs="+", default=["methods", "quickstart", "ablation", "candidates"],
-                        choices=["methods", "quickstart", "ablation", "candidates"])
+    parser.add_argument("--parts", nargs="+", default=["methods", "quickstart", "ablation"],
+                        choices=["methods", "quickstart", "ablation"])
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "bench_methods")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the methods table")
     parser.add_argument("--quickstart-seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
@@ -202,8 +174,7 @@ def main() -> int:
     args = parser.parse_args()
     parts = {"methods": lambda: part_methods(args.out, args.seeds, args.sparsities, args.jobs),
              "quickstart": lambda: part_quickstart(args.out, args.quickstart_seeds, args.jobs),
-             "ablation": lambda: part_ablation(args.out, args.ablation_seeds, args.jobs),
-             "candidates": lambda: part_candidates(args.out, args.jobs)}
+             "ablation": lambda: part_ablation(args.out, args.ablation_seeds, args.jobs)}
     return run_parts({name: parts[name] for name in args.parts})
 
 
