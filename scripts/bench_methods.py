@@ -65,27 +65,24 @@ def part_methods(out: Path, seeds: list[int], sparsities: list[float], parallel:
     jobs = [(out / "methods" / f"{METHODS[m][0].split('=')[1]}_{s}_seed{seed}",
              [*METHODS[m], f"sparsity={s}", f"seed={seed}", NO_SANITY]) for m, s, seed in keys]
     results = dict(zip(keys, run_all(jobs, parallel), strict=True))
+    # per (method, sparsity): test accuracy % and the ticket's dense epochs of each seed
+    acc = {(m, s): [100 * results[(m, s, seed)]["test_acc"] for seed in seeds] for m in METHODS for s in sparsities}
+    cost = {(m, s): [ticket_cost(results[(m, s, seed)]["cost"]).get("epochs", float("nan")) for seed in seeds]
+            for m in METHODS for s in sparsities}
     rows, summary = [], []
     for method in METHODS:
         row: dict[str, Any] = {"method": method}
         for s in sparsities:
-            runs = [results[(method, s, seed)] for seed in seeds]
-            acc = [100 * r["test_acc"] for r in runs]
-            cost = [ticket_cost(r["cost"]).get("epochs", float("nan")) for r in runs]
-            row[f"acc @ {s}"] = fmt_mean_std(acc, 1)
-            row[f"epochs @ {s}"] = f"{statistics.mean(cost):.0f}"
+            row[f"acc @ {s}"] = fmt_mean_std(acc[(method, s)], 1)
+            row[f"epochs @ {s}"] = f"{statistics.mean(cost[(method, s)]):.0f}"
         rows.append(row)
     for s in sparsities:
-        def mean(method: str, what: str, s: float = s) -> float:
-            runs = [results[(method, s, seed)] for seed in seeds]
-            values = ([100 * r["test_acc"] for r in runs] if what == "acc"
-                      else [ticket_cost(r["cost"]).get("epochs", float("nan")) for r in runs])
-            return statistics.mean(values)
-        best_pai = max(("SynFlow", "SNIP", "magnitude", "random"), key=lambda m: mean(m, "acc"))
-        summary.append({"sparsity": s, "CTS-KL - LTR (points)": f"{mean('CTS-KL', 'acc') - mean('LTR', 'acc'):+.1f}",
-                        "CTS-KL cost / LTR cost": f"{mean('CTS-KL', 'epochs') / mean('LTR', 'epochs'):.2f}",
-                        "best pruning at init": best_pai,
-                        "CTS-KL - best PaI (points)": f"{mean('CTS-KL', 'acc') - mean(best_pai, 'acc'):+.1f}"})
+        mean_acc = {m: statistics.mean(acc[(m, s)]) for m in METHODS}
+        best_pai = max(("SynFlow", "SNIP", "magnitude", "random"), key=mean_acc.__getitem__)
+        cost_ratio = statistics.mean(cost[("CTS-KL", s)]) / statistics.mean(cost[("LTR", s)])
+        summary.append({"sparsity": s, "CTS-KL - LTR (points)": f"{mean_acc['CTS-KL'] - mean_acc['LTR']:+.1f}",
+                        "CTS-KL cost / LTR cost": f"{cost_ratio:.2f}", "best pruning at init": best_pai,
+                        "CTS-KL - best PaI (points)": f"{mean_acc['CTS-KL'] - mean_acc[best_pai]:+.1f}"})
     allocation = []
     for method in METHODS:
         for s in sparsities:

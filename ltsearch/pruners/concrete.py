@@ -204,7 +204,7 @@ class ConcreteSearch:
         if not self.cfg.cache_teacher:
             return "pruner.cache_teacher=false"
         if not per_sample_function(self.model, self.cfg.batchnorm == BatchNormMode.batch):
-            return ("the network has BatchNorm on batch statistics or active dropout")
+            return "the network has BatchNorm on batch statistics or active dropout"
         nbytes = data.train_size * data.num_classes * 4
         if nbytes > TEACHER_CACHE_LIMIT:
             return f"the logits would take {nbytes / 2**20:.0f} MiB"

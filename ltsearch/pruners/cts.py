@@ -188,15 +188,14 @@ class CTSPruner(Pruner):
         work = ctx.out.child(CTS_SEARCH).start()
         log.info("cts: %d search epochs, objective %s, control %s, %d logits, target density %.5f", epochs,
                  search.objective_name, Control(cfg.control).value, search.layout.total, ctx.density)
-        with statistics(ctx.model, BatchNormMode(cfg.batchnorm)):
-            reason = search.teacher_cache_reason(ctx.data)
-        log.info("cts: %s", "teacher logits computed once and reused every epoch" if reason is None
-                 else f"no teacher cache: {reason}")
         loop = EpochLoop(work, start_epoch=0, end_epoch=epochs,
                          steps_per_epoch=math.ceil(ctx.data.train_size / batch), description="cts search",
                          progress=ctx.runtime.progress, keep_checkpoints=ctx.runtime.keep_checkpoints,
                          callbacks=ctx.callbacks)
         with statistics(ctx.model, BatchNormMode(cfg.batchnorm)):
+            reason = search.teacher_cache_reason(ctx.data)  # depends on the mode BatchNorm runs in
+            log.info("cts: %s", "teacher logits computed once and reused every epoch" if reason is None
+                     else f"no teacher cache: {reason}")
             history = loop.run(SearchEpochs(search, ctx.data, batch, ctx.seed, epochs, work))
         work.mark_done(epochs=epochs)
         scores = search.scores()
