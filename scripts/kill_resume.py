@@ -238,7 +238,7 @@ def check_visible(run_dir: Path) -> tuple[list[str], dict[str, int]]:
                 counts["pt"] += 1
             elif path.suffix == ".safetensors":  # the evaluate stage's ticket file: its checksum is checked
                 ticketfile.read(path)
-                counts["pt"] += 1
+                counts["ticket files"] += 1
             else:
                 problems.append(f"{path}: unexpected file type")
                 continue
