@@ -60,6 +60,15 @@ class Shortcut(str, Enum):
     conv3x3 = "conv3x3"
 
 
+class Head(str, Enum):
+    """How model=cnn1d feeds its last feature map to the linear head: `flatten` (every position, a head of
+    channels x length inputs) or `avgpool` (the mean over positions, a head of channels inputs, as ResNets
+    and the CIFAR VGGs do)."""
+
+    flatten = "flatten"
+    avgpool = "avgpool"
+
+
 class BNInit(str, Enum):
     """BatchNorm weights at initialisation (biases are 0 in both): `ones` (PyTorch's own reset), `uniform`
     (gamma ~ U(0, 1), as open_lth's CIFAR defaults and the CTS authors' networks)."""
@@ -129,6 +138,7 @@ class ModelConfig:
     width: int = 0
     hidden: list[int] = field(default_factory=list)
     shortcut: Shortcut = Shortcut.conv1x1
+    head: Head = Head.flatten
     bn_init: BNInit = BNInit.ones
     bn_stats: BNStats = BNStats.running
     bias_init: BiasInit = BiasInit.zeros

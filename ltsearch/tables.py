@@ -13,18 +13,19 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from ltsearch.config import Shortcut
+from ltsearch.config import Head, Shortcut
 
 # builder name -> (the name papers use, the builder's default width)
 PAPER_NAMES = {"resnet_cifar": ("ResNet-{depth}", 16), "resnet18": ("ResNet-18", 64), "vgg": ("VGG-{depth}", 0),
-               "conv2": ("Conv-2", 0), "conv4": ("Conv-4", 0), "conv6": ("Conv-6", 0), "cnn1d": ("CNN-1D", 64)}
+               "conv2": ("Conv-2", 0), "conv4": ("Conv-4", 0), "conv6": ("Conv-6", 0), "cnn1d": ("CNN-1D", 32)}
 DATASET_NAMES = {"mnist1d": "MNIST-1D", "mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "cifar10": "CIFAR-10",
                  "cifar100": "CIFAR-100", "fake": "synthetic"}
 
 
 def model_label(model: dict[str, Any]) -> str:
     """The name reports and plots give a model config: the name papers use (ResNet-20, LeNet-300-100, VGG-16,
-    Conv-2), plus what tells variants of one builder apart (a non-default width, the ResNet shortcut); a
+    Conv-2), plus what tells variants of one builder apart (a non-default width, the ResNet shortcut, CNN-1D's flatten
+    head); a
     `model=custom` network is named by its constructor (resnet18 (torchvision))."""
     name = str(model.get("name") or "?")
     depth, width, hidden = model.get("depth") or 0, model.get("width") or 0, model.get("hidden") or []
@@ -41,6 +42,8 @@ def model_label(model: dict[str, Any]) -> str:
     shortcut = model.get("shortcut")
     if name.startswith("resnet") and shortcut not in (None, Shortcut.conv1x1, Shortcut.conv1x1.value):
         label += f" {getattr(shortcut, 'value', shortcut)} shortcuts"
+    if name == "cnn1d" and Head(model.get("head") or Head.flatten) == Head.flatten:  # (no key: recorded before it)
+        label += " flatten head"
     return label
 
 

@@ -13,7 +13,8 @@ Parts, each printed as a markdown table (and saved as CSV under --out):
             CTS-KL against LTR: the accuracy gap and CTS-KL's cost as a fraction of LTR's.
   ablation  CTS-KL at the default sparsity, one setting changed at a time from the defaults (the search point,
             search length and mask lr, temperature, GradBalance slack, objective, BatchNorm in the search,
-            the dense schedule; the task loss is CTS in the methods part), with the sanity stage: the ticket's accuracy,
+            the dense schedule, the network's head and first convolution; the task loss is CTS in the methods
+            part), seeds 0-2, with the sanity stage: the ticket's accuracy,
             its margins over the shuffled and the random mask, the kept weights per layer, and the cost.
   quickstart  `ltsearch run seed=N` for seeds 0-4 exactly as a user runs it (the sanity stage included):
             the ticket's accuracy, each sanity margin and the dense reference.
@@ -104,7 +105,7 @@ ABLATIONS = {
     "search length short (1/8)": ["pruner.length=short"],
     "search 3x longer (30 epochs)": ["pruner.epochs=30"],
     "mask lr 0.1 (the authors')": ["pruner.lr=0.1"],
-    "search batch 32, mask lr 0.1": ["pruner.batch_size=32", "pruner.lr=0.1"],
+    "search batch 32 (4x the steps)": ["pruner.batch_size=32"],
     "search at init": ["pruner.when=init"],
     "rewind epoch 3": ["train.rewind_epoch=3"],
     "temperature 1.0": ["pruner.temperature=1.0"],
@@ -112,6 +113,9 @@ ABLATIONS = {
     "objective forward KL": ["objective=forward_kl"],
     "BatchNorm on running statistics": ["pruner.batchnorm=running"],
     "dense schedule 20 epochs": ["train.epochs=20"],
+    "first convolution pruned": ["model.exclude=[]"],
+    "flatten head (12,800 weights)": ["model.head=flatten"],
+    "both: the previous network": ["model.head=flatten", "model.exclude=[]"],
 }
 
 
@@ -165,7 +169,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "bench_methods")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the methods table")
     parser.add_argument("--quickstart-seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    parser.add_argument("--ablation-seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--ablation-seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--sparsities", type=float, nargs="+", default=SPARSITIES)
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time, one thread each")
     args = parser.parse_args()

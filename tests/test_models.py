@@ -102,15 +102,27 @@ def test_lenet_preset_excludes_only_the_output_layer():
     assert "output.weight" in prunable_weights(model)  # only the preset's exclusion removes it
 
 
-def test_cnn1d_doubles_its_channels_and_keeps_a_thousand_weights_at_0993():
-    model, _ = build("model=cnn1d", "dataset.shape=[1,40]")
+def test_cnn1d_doubles_its_channels_pools_and_keeps_its_first_convolution():
+    model, exclude = build("model=cnn1d", "dataset.shape=[1,40]")
     convs = [m for m in model.modules() if isinstance(m, nn.Conv1d)]
     assert [c.out_channels for c in convs] == [32, 64, 128, 256]
-    prunable = sum(w.numel() for w in prunable_weights(model).values())
-    assert prunable == 32 * 5 + 64 * 32 * 3 + 128 * 64 * 3 + 256 * 128 * 3 + 10 * 256 * 5 == 141984
-    assert keep_count(1 - 0.993, prunable) == 993
+    # the quickstart's network: mean over positions before the head, first convolution never pruned
+    assert model.output.in_features == 256 and exclude == ["features.0.0.weight"]
+    prunable = sum(w.numel() for w in prunable_weights(model, exclude).values())
+    assert prunable == 64 * 32 * 3 + 128 * 64 * 3 + 256 * 128 * 3 + 10 * 256 == 131584
+    assert keep_count(1 - 0.993, prunable) == 921
+    flat, _ = build("model=cnn1d", "model.head=flatten", "model.exclude=[]", "dataset.shape=[1,40]")
+    total = sum(w.numel() for w in prunable_weights(flat).values())
+    assert total == 32 * 5 + 64 * 32 * 3 + 128 * 64 * 3 + 256 * 128 * 3 + 10 * 256 * 5 == 141984
+    x = torch.randn(4, 1, 40)
+    assert model(x).shape == flat(x).shape == (4, 10)
     small, _ = build("model=cnn1d", "model.width=8", "dataset.shape=[1,40]")
     assert [c.out_channels for c in small.modules() if isinstance(c, nn.Conv1d)] == [8, 16, 32, 64]
+
+
+def test_head_option_is_refused_where_the_network_builds_its_own_head():
+    with pytest.raises(ConfigError, match=r"model.head=avgpool is an option of model=cnn1d only; model=mlp"):
+        build("model=lenet300100", "model.head=avgpool", "dataset.shape=[1,28,28]")
 
 
 def test_resnet_depths_and_vgg_depths():

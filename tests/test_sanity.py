@@ -166,6 +166,9 @@ def test_dense_reference_is_retrained_with_the_ticket_budget_and_quoted_in_one_l
     # without the sanity stage the line names the ticket alone
     assert comparison_line({**results, "sanity": None}).startswith("keeps 10.0% of the weights: ")
     assert ";" not in comparison_line({**results, "sanity": None})
+    # weights kept out of pruning are named: the share is of the prunable weights
+    excluded = {**results, "config": {**results["config"], "model": {**results["config"]["model"], "exclude": ["0.*"]}}}
+    assert comparison_line(excluded).startswith("keeps 10.0% of the prunable weights (all but 0.*): ")
 
 
 def test_missing_scores_skip_invert_and_resume_reruns_only_unfinished(tmp_path, tiny):

@@ -19,7 +19,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from ltsearch.config import BiasInit, BNInit, BNStats, ModelConfig
+from ltsearch.config import BiasInit, BNInit, BNStats, Head, ModelConfig
 from ltsearch.errors import ConfigError
 from ltsearch.models.cnn1d import build_cnn1d
 from ltsearch.models.convnet import build_convnet
@@ -83,6 +83,17 @@ def drop_running_statistics(model: nn.Module) -> None:
             module.num_batches_tracked = None
 
 
+# builders that read `model.head` (the others have one head: ResNets and VGGs average-pool, MLPs and Conv-N
+# flatten)
+HEAD_OPTION = frozenset({"cnn1d"})
+
+
+def _check_head(cfg: ModelConfig) -> None:
+    if Head(cfg.head) != Head.flatten and cfg.name not in HEAD_OPTION:
+        raise ConfigError(f"model.head={Head(cfg.head).value} is an option of model=cnn1d only; model={cfg.name} "
+                          f"builds its own head (leave model.head at flatten)")
+
+
 def _check_init_options(cfg: ModelConfig) -> None:
     """`model=custom` keeps its constructor's initialisation: refuse init options that would not apply."""
     if cfg.name in OWN_INIT and (BNInit(cfg.bn_init) != BNInit.ones or BiasInit(cfg.bias_init) != BiasInit.zeros):
@@ -96,6 +107,7 @@ def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int
     if cfg.name not in MODELS:
         raise ConfigError(f"unknown model.name '{cfg.name}'; known: {', '.join(sorted(MODELS))}")
     _check_init_options(cfg)
+    _check_head(cfg)
     with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
         # inputs too small for the network give zero-sized layers; _check_shapes below says so in one line
         warnings.filterwarnings("ignore", message="Initializing zero-element tensors")

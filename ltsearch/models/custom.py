@@ -26,7 +26,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from torch import nn
 
-from ltsearch.config import ModelConfig, Shortcut
+from ltsearch.config import Head, ModelConfig, Shortcut
 from ltsearch.errors import ConfigError, first_line
 
 CUSTOM = "custom"
@@ -45,7 +45,8 @@ class CustomModelConfig(ModelConfig):
         if not self._target_:
             raise ValueError(f"model=custom needs {TARGET_HINT}")
         builtin = {"depth": self.depth, "width": self.width, "hidden": self.hidden,
-                   "shortcut": None if self.shortcut == Shortcut.conv1x1 else self.shortcut}
+                   "shortcut": None if self.shortcut == Shortcut.conv1x1 else self.shortcut,
+                   "head": None if self.head == Head.flatten else self.head}
         for key, value in builtin.items():
             if value:  # set in a config file: the constructor would never see it
                 raise ValueError(f"model.{key}={getattr(value, 'name', value)} is a setting of the built-in models, "
@@ -54,7 +55,7 @@ class CustomModelConfig(ModelConfig):
 
 # Settings of the built-in architectures, which a constructor named by `_target_` does not read: beside
 # `_target_` these names are the constructor's arguments, like every other name that is not a setting.
-BUILTIN_ONLY = frozenset({"depth", "width", "hidden", "shortcut"})
+BUILTIN_ONLY = frozenset({"depth", "width", "hidden", "shortcut", "head"})
 
 
 def custom_settings() -> frozenset[str]:

@@ -156,10 +156,13 @@ def _percent(fraction: float) -> str:
 def comparison_line(results: dict[str, Any]) -> str:
     """What the run shows, in one line: the ticket's accuracy beside a random mask with the ticket's layer
     sizes (the sanity stage's `random`, else `shuffle`) and the dense network (`sanity.dense`), where the run
-    measured them."""
+    measured them. Weights that `model.exclude` keeps out of pruning are named, so that "1%" is read as a
+    share of the prunable weights."""
     density = results["density"]
     kept = density["measured_kept"] / density["prunable"] if density["prunable"] else 1.0
-    parts = [f"keeps {_percent(kept)} of the weights: {100 * results['test_acc']:.1f}%"]
+    excluded = ((results.get("config") or {}).get("model") or {}).get("exclude") or []
+    share = f"the prunable weights (all but {', '.join(excluded)})" if excluded else "the weights"
+    parts = [f"keeps {_percent(kept)} of {share}: {100 * results['test_acc']:.1f}%"]
     sanity = results.get("sanity") or {}
     variants = sanity.get("variants") or {}
     for name, words in (("random", "a random mask with the same layer sizes"),
