@@ -12,12 +12,14 @@ beside every figure).
            dense-epoch equivalents, the accuracy and the sanity margins.
 
 `--isa avx2` runs every part with torch's kernels, oneDNN and MKL held to AVX2 (ATEN_CPU_CAPABILITY,
-ONEDNN_MAX_CPU_ISA, MKL_ENABLE_INSTRUCTIONS): how an AVX2-only CPU of the same clock runs it. `--old` times
+ONEDNN_MAX_CPU_ISA, MKL_ENABLE_INSTRUCTIONS): how an AVX2-only CPU of the same clock runs it; `--isa sse4`
+holds them to SSE4 (no AVX), the slowest kernels torch has on x86-64. `--old` times
 the defaults before the quickstart was retuned (batch 32, 40 epochs, sparsity 0.9, short search, four
 sanity variants) for the before/after comparison.
 
     python scripts/bench_quickstart.py                    # this machine as it is
     python scripts/bench_quickstart.py --isa avx2         # held to AVX2
+    python scripts/bench_quickstart.py --isa sse4         # held to SSE4 (no AVX)
     python scripts/bench_quickstart.py --old --repeats 1  # the old defaults
 """
 
@@ -35,10 +37,16 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-AVX2_ONLY = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+ISA_LIMITS = {
+    "native": {},
+    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
+    # no AVX at all: torch's generic kernels, oneDNN and MKL at SSE4 (an x86-64 CPU of about 2010)
+    "sse4": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2"},
+}
 # The quickstart before it was retuned (explicit, so that this stays the same comparison later).
 OLD_DEFAULTS = ["sparsity=0.9", "model.width=32", "train.batch_size=32", "train.lr=0.05", "train.epochs=40",
                 "train.rewind_epoch=2", "pruner.length=short", "pruner.lr=0.1", "model.exclude=[]",
+                "model.head=flatten",
                 "sanity.variants=[shuffle,invert,reinit,random]"]
 
 
@@ -130,7 +138,7 @@ def timed_run(overrides: list[str], env: dict[str, str]) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--isa", choices=["native", "avx2"], default="native")
+    parser.add_argument("--isa", choices=sorted(ISA_LIMITS), default="native")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--old", action="store_true", help="time the defaults before the retuning")
     parser.add_argument("--overrides", nargs="*", default=[])
@@ -140,7 +148,7 @@ def main() -> int:
     if args.child:
         print(json.dumps(machine_and_step(os.cpu_count() or 1)))
         return 0
-    env = AVX2_ONLY if args.isa == "avx2" else {}
+    env = ISA_LIMITS[args.isa]
     name, flags = cpu_model()
     print(f"CPU: {name} ({os.cpu_count()} logical CPUs; has {', '.join(flags) or 'neither AVX2 nor AVX-512'});"
           f" kernels held to: {args.isa}")

@@ -7,8 +7,9 @@ to learn the task, for about 1.7x the compute of four layers of 64 channels (40K
 
 `model.head` chooses what the head sees: `flatten`, all 5 positions of the last feature map (a 12,800-weight
 head, 142K prunable weights in all), or `avgpool`, their mean (a 2,560-weight head, 132K in all, as in a
-ResNet). The quickstart uses `avgpool`: with a head that holds 9% of the weights, Concrete Ticket Search put
-40% of a 1% budget into it (BENCHMARKS.md, Why CTS-KL trails on the quickstart).
+ResNet). The quickstart uses `avgpool` and leaves the first convolution unpruned (conf/model/cnn1d.yaml):
+on the flatten network with every layer pruned, the CTS pruners kept about one weight per first-layer
+filter and trailed LTR by 26-36 points (BENCHMARKS.md, Why CTS-KL trailed on the quickstart).
 """
 
 from __future__ import annotations
