@@ -135,7 +135,7 @@ def test_quickstart_networks_are_initialised_as_before():
 
 def _constructor_args(cfg, model):
     if cfg.model.name == "cnn1d":
-        return 1, 40, [cfg.model.width * 2 ** i for i in range(4)], 10
+        return 1, 40, [cfg.model.width * 2 ** i for i in range(4)], 10, cfg.model.head
     return 40, list(cfg.model.hidden), 10
 
 
