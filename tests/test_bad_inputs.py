@@ -329,6 +329,9 @@ CASES = [
     Case("export_read_only", "ltsearch export RUN_DIR --out FILE in a read-only folder",
          ("export", "{done}", "--out", "{data}/ticket.safetensors"), "is on a read-only file system",
          target="done", data="empty_dir", readonly=("{data}",)),
+    Case("head_option_elsewhere", "model.head=avgpool on a network that builds its own head",
+         ("run", "{fast}", "model.head=avgpool", "hydra.run.dir={fresh}"),
+         "model.head=avgpool is an option of model=cnn1d only; model=mlp builds its own head"),
 ]
 
 
