@@ -24,9 +24,8 @@ DATASET_NAMES = {"mnist1d": "MNIST-1D", "mnist": "MNIST", "fashion_mnist": "Fash
 
 def model_label(model: dict[str, Any]) -> str:
     """The name reports and plots give a model config: the name papers use (ResNet-20, LeNet-300-100, VGG-16,
-    Conv-2), plus what tells variants of one builder apart (a non-default width, the ResNet shortcut, CNN-1D's flatten
-    head); a
-    `model=custom` network is named by its constructor (resnet18 (torchvision))."""
+    Conv-2), plus what tells variants of one builder apart (a non-default width, the ResNet shortcut, CNN-1D's
+    flatten head); a `model=custom` network is named by its constructor (resnet18 (torchvision))."""
     name = str(model.get("name") or "?")
     depth, width, hidden = model.get("depth") or 0, model.get("width") or 0, model.get("hidden") or []
     if name == "custom":

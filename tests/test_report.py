@@ -121,6 +121,10 @@ def test_models_and_datasets_have_the_names_papers_use():
     assert model_label({"name": "resnet_cifar", "depth": 56, "width": 32, "shortcut": "conv1x1"}) == "ResNet-56 w32"
     assert model_label({"name": "vgg", "depth": 16}) == "VGG-16"
     assert model_label({"name": "conv4"}) == "Conv-4"
+    # the quickstart's CNN-1D (width 32, pooled head); a run recorded before `head` existed had a flatten head
+    assert model_label({"name": "cnn1d", "width": 32, "head": "avgpool"}) == "CNN-1D"
+    assert model_label({"name": "cnn1d", "width": 64, "head": "flatten"}) == "CNN-1D w64 flatten head"
+    assert model_label({"name": "cnn1d", "width": 32}) == "CNN-1D flatten head"
     assert model_label({"name": "custom", "_target_": "torchvision.models.resnet18"}) == "resnet18 (torchvision)"
     assert dataset_label({"name": "cifar10", "root": "x"}) == "CIFAR-10"
     assert dataset_label({"name": "imagefolder", "root": "../data/cifar10-jpeg.tar.gz"}) == "cifar10-jpeg"
