@@ -25,6 +25,10 @@ interrupted benchmark resumes and finished runs are reused.
 
     python scripts/bench_methods.py                          # every part (about 1.5 hours on 2 cores)
     python scripts/bench_methods.py --parts methods --seeds 0
+    python scripts/bench_methods.py --parts methods quickstart --methods CTS-KL "CTS (task loss)" LTR \
+        --overrides train.rewind_epoch=3 --out outputs/bench_methods_rewind3       # another rewind point
+    python scripts/bench_methods.py --parts methods --methods CTS-KL SynFlow --sparsities 0.99 \
+        --overrides model.head=flatten --out outputs/bench_methods_flatten         # another network
 """
 
 from __future__ import annotations
@@ -59,40 +63,43 @@ def run_all(jobs: list[tuple[Path, list[str]]], parallel: int) -> list[dict[str,
         return list(pool.map(one, jobs))
 
 
-def part_methods(out: Path, seeds: list[int], sparsities: list[float], parallel: int) -> None:
-    keys = [(m, s, seed) for m in METHODS for s in sparsities for seed in seeds]
+def part_methods(out: Path, seeds: list[int], sparsities: list[float], parallel: int,
+                 methods: list[str], extra: list[str]) -> None:
+    keys = [(m, s, seed) for m in methods for s in sparsities for seed in seeds]
     # LTR first, lowest sparsity first: its later runs reuse the IMP levels the earlier ones stored
     keys.sort(key=lambda k: (k[0] != "LTR", k[1]))
     jobs = [(out / "methods" / f"{METHODS[m][0].split('=')[1]}_{s}_seed{seed}",
-             [*METHODS[m], f"sparsity={s}", f"seed={seed}", NO_SANITY]) for m, s, seed in keys]
+             [*METHODS[m], f"sparsity={s}", f"seed={seed}", NO_SANITY, *extra]) for m, s, seed in keys]
     results = dict(zip(keys, run_all(jobs, parallel), strict=True))
     # per (method, sparsity): test accuracy % and the ticket's dense epochs of each seed
-    acc = {(m, s): [100 * results[(m, s, seed)]["test_acc"] for seed in seeds] for m in METHODS for s in sparsities}
+    acc = {(m, s): [100 * results[(m, s, seed)]["test_acc"] for seed in seeds] for m in methods for s in sparsities}
     cost = {(m, s): [ticket_cost(results[(m, s, seed)]["cost"]).get("epochs", float("nan")) for seed in seeds]
-            for m in METHODS for s in sparsities}
+            for m in methods for s in sparsities}
     rows, summary = [], []
-    for method in METHODS:
+    for method in methods:
         row: dict[str, Any] = {"method": method}
         for s in sparsities:
             row[f"acc @ {s}"] = fmt_mean_std(acc[(method, s)], 1)
             row[f"epochs @ {s}"] = f"{statistics.mean(cost[(method, s)]):.0f}"
         rows.append(row)
-    for s in sparsities:
-        mean_acc = {m: statistics.mean(acc[(m, s)]) for m in METHODS}
-        best_pai = max(("SynFlow", "SNIP", "magnitude", "random"), key=mean_acc.__getitem__)
+    pai = [m for m in ("SynFlow", "SNIP", "magnitude", "random") if m in methods]
+    for s in sparsities if {"CTS-KL", "LTR"} <= set(methods) and pai else []:  # the comparison needs all three
+        mean_acc = {m: statistics.mean(acc[(m, s)]) for m in methods}
+        best_pai = max(pai, key=mean_acc.__getitem__)
         cost_ratio = statistics.mean(cost[("CTS-KL", s)]) / statistics.mean(cost[("LTR", s)])
         summary.append({"sparsity": s, "CTS-KL - LTR (points)": f"{mean_acc['CTS-KL'] - mean_acc['LTR']:+.1f}",
                         "CTS-KL cost / LTR cost": f"{cost_ratio:.2f}", "best pruning at init": best_pai,
                         "CTS-KL - best PaI (points)": f"{mean_acc['CTS-KL'] - mean_acc[best_pai]:+.1f}"})
     allocation = []
-    for method in METHODS:
+    for method in methods:
         for s in sparsities:
             kept = [[layer["kept"] for layer in results[(method, s, seed)]["layers"].values()] for seed in seeds]
             allocation.append({"method": method, "sparsity": s, "kept per layer (seed mean)":
                                " / ".join(str(round(statistics.mean(c))) for c in zip(*kept, strict=True))})
     print(f"\n### Methods by sparsity (seeds {','.join(map(str, seeds))}; test accuracy %, cost in dense epochs)\n")
     print(markdown_table(rows))
-    print("\n" + markdown_table(summary))
+    if summary:
+        print("\n" + markdown_table(summary))
     print(f"\n### Where each method keeps its weights (layers in order: {', '.join(results[keys[0]]['layers'])})\n")
     print(markdown_table(allocation))
     save_rows(out / "methods.csv", rows)
@@ -144,8 +151,8 @@ def part_ablation(out: Path, seeds: list[int], parallel: int) -> None:
     save_rows(out / "ablation.csv", rows)
 
 
-def part_quickstart(out: Path, seeds: list[int], parallel: int) -> None:
-    results = run_all([(out / "quickstart" / f"seed{seed}", [f"seed={seed}"]) for seed in seeds], parallel)
+def part_quickstart(out: Path, seeds: list[int], parallel: int, extra: list[str]) -> None:
+    results = run_all([(out / "quickstart" / f"seed{seed}", [f"seed={seed}", *extra]) for seed in seeds], parallel)
     rows = []
     for seed, r in zip(seeds, results, strict=True):
         sanity = r.get("sanity") or {}
@@ -171,10 +178,15 @@ def main() -> int:
     parser.add_argument("--quickstart-seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--ablation-seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--sparsities", type=float, nargs="+", default=SPARSITIES)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS),
+                        help="methods of the methods table (the comparison rows need CTS-KL, LTR and a PaI method)")
+    parser.add_argument("--overrides", nargs="*", default=[],
+                        help="overrides of every run of the methods and quickstart parts (use another --out)")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time, one thread each")
     args = parser.parse_args()
-    parts = {"methods": lambda: part_methods(args.out, args.seeds, args.sparsities, args.jobs),
-             "quickstart": lambda: part_quickstart(args.out, args.quickstart_seeds, args.jobs),
+    parts = {"methods": lambda: part_methods(args.out, args.seeds, args.sparsities, args.jobs, args.methods,
+                                             args.overrides),
+             "quickstart": lambda: part_quickstart(args.out, args.quickstart_seeds, args.jobs, args.overrides),
              "ablation": lambda: part_ablation(args.out, args.ablation_seeds, args.jobs)}
     return run_parts({name: parts[name] for name in args.parts})
 
