@@ -104,7 +104,8 @@ def part_methods(out: Path, seeds: list[int], sparsities: list[float], parallel:
     print(markdown_table(allocation))
     save_rows(out / "methods.csv", rows)
     save_rows(out / "methods_allocation.csv", allocation)
-    save_rows(out / "methods_summary.csv", summary)
+    if summary:
+        save_rows(out / "methods_summary.csv", summary)
 
 
 ABLATIONS = {
