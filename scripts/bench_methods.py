@@ -6,7 +6,9 @@ Parts, each printed as a markdown table (and saved as CSV under --out):
 
   methods   CTS-KL and CTS (task loss) with the default search, LTR, SynFlow, SNIP, magnitude and random at
             sparsities 0.9, 0.99, 0.993 and 0.998, seeds 0-2, every run on the default schedule with no
-            override but the method, the sparsity and the seed (no sanity stage: the table compares tickets).
+            override but the method, the sparsity and the seed (no sanity stage: the table compares tickets),
+            so each method at its default pruning point (CTS pruners at epoch 3 of the quickstart's
+            protocol, LTR at the schedule's rewind epoch 1, the others at initialisation).
             Test accuracy after retraining (mean ± std over seeds) and the ticket's cost in dense training
             epochs, reused work included (LTR's IMP levels are shared through the artifact cache between
             its runs to different sparsities, and each run is charged all its levels); then, per sparsity,
@@ -26,7 +28,7 @@ interrupted benchmark resumes and finished runs are reused.
     python scripts/bench_methods.py                          # every part (about 1.5 hours on 2 cores)
     python scripts/bench_methods.py --parts methods --seeds 0
     python scripts/bench_methods.py --parts methods quickstart --methods CTS-KL "CTS (task loss)" LTR \
-        --overrides train.rewind_epoch=3 --out outputs/bench_methods_rewind3       # another rewind point
+        --overrides train.rewind_epoch=1 --out outputs/bench_methods_rewind1       # another rewind point
     python scripts/bench_methods.py --parts methods --methods CTS-KL SynFlow --sparsities 0.99 \
         --overrides model.head=flatten --out outputs/bench_methods_flatten         # another network
 """
@@ -34,6 +36,7 @@ interrupted benchmark resumes and finished runs are reused.
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -115,7 +118,7 @@ ABLATIONS = {
     "mask lr 0.1 (the authors')": ["pruner.lr=0.1"],
     "search batch 32 (4x the steps)": ["pruner.batch_size=32"],
     "search at init": ["pruner.when=init"],
-    "rewind epoch 3": ["train.rewind_epoch=3"],
+    "rewind epoch 1 (LTR's point)": ["train.rewind_epoch=1"],
     "temperature 1.0": ["pruner.temperature=1.0"],
     "slack 1.0 (none)": ["pruner.slack=1.0"],
     "objective forward KL": ["objective=forward_kl"],
@@ -127,10 +130,11 @@ ABLATIONS = {
 }
 
 
-def part_ablation(out: Path, seeds: list[int], parallel: int) -> None:
+def part_ablation(out: Path, seeds: list[int], parallel: int, extra: list[str]) -> None:
     keys = [(name, seed) for name in ABLATIONS for seed in seeds]
-    jobs = [(out / "ablation" / f"{i:02d}_seed{seed}", ["pruner=cts_kl", *ABLATIONS[name], f"seed={seed}"])
-            for i, name in enumerate(ABLATIONS) for seed in seeds]
+    # each setting's folder is named by its overrides, so that a row added or moved never reuses another's runs
+    jobs = [(out / "ablation" / f"{re.sub(r'[^A-Za-z0-9.]+', '-', ' '.join(ABLATIONS[name])) or 'defaults'}_seed{seed}",
+             ["pruner=cts_kl", *extra, *ABLATIONS[name], f"seed={seed}"]) for name in ABLATIONS for seed in seeds]
     results = dict(zip(keys, run_all(jobs, parallel), strict=True))
     rows = []
     for name in ABLATIONS:
@@ -182,13 +186,13 @@ def main() -> int:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS),
                         help="methods of the methods table (the comparison rows need CTS-KL, LTR and a PaI method)")
     parser.add_argument("--overrides", nargs="*", default=[],
-                        help="overrides of every run of the methods and quickstart parts (use another --out)")
+                        help="overrides of every run (another --out for each set; an ablation row's own setting wins)")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time, one thread each")
     args = parser.parse_args()
     parts = {"methods": lambda: part_methods(args.out, args.seeds, args.sparsities, args.jobs, args.methods,
                                              args.overrides),
              "quickstart": lambda: part_quickstart(args.out, args.quickstart_seeds, args.jobs, args.overrides),
-             "ablation": lambda: part_ablation(args.out, args.ablation_seeds, args.jobs)}
+             "ablation": lambda: part_ablation(args.out, args.ablation_seeds, args.jobs, args.overrides)}
     return run_parts({name: parts[name] for name in args.parts})
 
 

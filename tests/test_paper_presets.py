@@ -179,6 +179,21 @@ def test_every_pruner_composes_with_every_paper_preset():
         assert lenet.length.value == "short" and lenet.lr == 0.1
 
 
+def test_the_quickstart_protocol_searches_cts_at_epoch_3_of_the_mnist1d_schedule():
+    """The quickstart's CTS pruners search at (and rewind to) epoch 3 of the 10-epoch MNIST-1D schedule, where
+    their tickets retrain best; LTR keeps the schedule's rewind epoch 1 (its best), pruners at init are
+    untouched, another schedule keeps its own, and a train.rewind_epoch on the command line wins."""
+    def rewind(*overrides: str) -> int:
+        return make_config(*overrides).train.rewind_epoch
+
+    assert rewind() == rewind("pruner=cts") == 3 and make_config().pruner.name == "cts"
+    assert rewind("pruner=ltr") == rewind("pruner=synflow") == 1
+    assert rewind("pruner=cts_kl", "train.rewind_epoch=2") == 2
+    assert rewind("pruner=cts_kl", "train=tiny") == 1
+    assert rewind("pruner=cts_kl", "search_protocol=none") == 1
+    assert rewind("experiment=lenet_mnist", "pruner=cts_kl", "dataset.root=/data") == 5
+
+
 def test_cfg_job_shows_the_authors_choices_and_open_lth_is_one_preset_away(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
 
