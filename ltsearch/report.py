@@ -5,7 +5,8 @@ sanity/sanity.json, search/levels.json, failed.json), so a report works on finis
 failed runs alike, and on sweeps whose launcher never got to summarise them.
 
 Tables (pandas; printed with rich; saved as CSV):
-  summary  one row per (dataset, model, method, sparsity): test accuracy mean +- std over seeds (sample std,
+  summary  one row per (dataset, model, method, sparsity), runs of a method that differ in a setting named
+           apart (`cts_kl train.rewind_epoch=3`): test accuracy mean +- std over seeds (sample std,
            ddof=1), accuracy before retraining, measured density, the size of the ticket file
            (evaluate/ticket.safetensors) against the dense state_dict, mean wall time per stage and the mean
            total cost of one run (search + rewind + retrain + evaluate; the sanity checks are listed, not
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -143,6 +145,61 @@ class RunData:
     layers: list[dict[str, Any]] = field(default_factory=list)
     levels: list[dict[str, Any]] = field(default_factory=list)
     sanity: list[dict[str, Any]] = field(default_factory=list)
+    settings: dict[str, str] = field(default_factory=dict)  # the config as dotted keys (see run_settings)
+
+    def rename_method(self, method: str) -> None:
+        for entry in (self.row, *self.layers, *self.levels, *self.sanity):
+            entry["method"] = method
+
+
+# Config keys that do not make a run another experiment: the seed (what tells runs of one setting apart), the
+# sparsity (a column of its own), and what decides only where and how a run executes or what it checks.
+NOT_SETTINGS = ("seed", "sparsity", "stages", "runtime", "logger", "sanity", "sweep_metric", "layer_collapse",
+                "dataset.root", "dataset.download")
+
+
+def run_settings(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """A run's config flattened to dotted keys with their values as text, less NOT_SETTINGS."""
+    out: dict[str, str] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if name in NOT_SETTINGS:
+            continue
+        if isinstance(value, dict):
+            out.update(run_settings(value, f"{name}."))
+        else:
+            out[name] = str(value)
+    return out
+
+
+def split_methods_by_setting(data: list[RunData]) -> None:
+    """Runs of one method on one model and dataset whose configs differ in a setting (a sweep over
+    train.rewind_epoch or pruner.lr, or protocols that search one method at another point) are reported
+    apart: the method's name gets the settings in which the run differs from the others,
+    `cts_kl train.rewind_epoch=3`, so that no table averages different settings as if they were seeds. Only keys that differ between runs at the same sparsity
+    count, and only keys every recorded run of the group has (runs recorded by an older version may lack a
+    key added since); a run without a record keeps its name."""
+    groups: dict[tuple[Any, ...], list[RunData]] = {}
+    for d in data:
+        if d.settings:
+            groups.setdefault((d.row.get("dataset"), d.row.get("model"), d.row.get("method")), []).append(d)
+    for runs in groups.values():
+        shared = set.intersection(*(set(d.settings) for d in runs))
+        # varying between runs at one sparsity: a value that follows from the sparsity (IMP's number of
+        # levels) does not split a method's line
+        varying = sorted(k for k in shared if any(len({d.settings[k] for d in runs if d.row.get("sparsity") == s}) > 1
+                                                  for s in {d.row.get("sparsity") for d in runs}))
+        usual = {k: _usual_value([d.settings[k] for d in runs]) for k in varying}
+        for d in runs if varying else ():
+            shown = [f"{k}={d.settings[k]}" for k in varying if d.settings[k] != usual[k]]
+            d.rename_method(" ".join([str(d.row["method"]), *shown]))
+
+
+def _usual_value(values: list[str]) -> str | None:
+    """The value most runs have, when one value is ahead of every other (an ablation's defaults: a run names
+    only what it changes); None on a tie (a sweep over two values: every run names its value)."""
+    counts = Counter(values).most_common(2)
+    return counts[0][0] if len(counts) == 1 or counts[0][1] > counts[1][1] else None
 
 
 def read_run(run_dir: Path) -> RunData:
@@ -159,7 +216,7 @@ def read_run(run_dir: Path) -> RunData:
         job = failure.obj("job") if failure is not None else Fields({}, FAILURE)
         ident = {k: job.value(k) for k in ("method", "model", "dataset", "sparsity", "seed", "when")}
     row: dict[str, Any] = {**ident, "status": "unfinished", "run": str(run_dir)}
-    data = RunData(row)
+    data = RunData(row, settings=run_settings(cfg.data) if record is not None else {})
     results = _fields(run_dir, results_file(run_dir).relative_to(run_dir))
     if results is not None:
         pp = results.obj("pruning_point").obj("pruning_point")
@@ -231,6 +288,7 @@ def _read_or_skip(run_dir: Path) -> RunData | None:
 
 def build_report(folders: list[Path]) -> Report:
     data = [d for d in map(_read_or_skip, find_runs(folders)) if d is not None]
+    split_methods_by_setting(data)
     runs = pd.DataFrame([d.row for d in data])
     sanity_runs = pd.DataFrame([s for d in data for s in d.sanity])
     return Report(runs=runs, summary=summarize(runs), sanity_runs=sanity_runs,

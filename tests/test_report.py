@@ -28,12 +28,13 @@ def _write(path: Path, obj) -> None:
 
 def fake_run(root: Path, method: str, sparsity: float, seed: int, acc: float | None = None,
              margins: dict[str, float] | None = None, levels: bool = False, failed: str | None = None,
-             model: dict | None = None) -> Path:
-    """A run directory as the pipeline leaves it (only the files a report reads)."""
+             model: dict | None = None, config: dict | None = None) -> Path:
+    """A run directory as the pipeline leaves it (only the files a report reads); `config`: more keys of its
+    recorded config (whole sections: `{"train": {"rewind_epoch": 3}}`)."""
     run = root / f"{'model=' + model_label(model) + ',' if model else ''}pruner={method},seed={seed},sparsity={sparsity}"
     model = model or {"name": "lenet"}
     config = {"seed": seed, "sparsity": sparsity, "model": model, "dataset": {"name": "mnist"},
-              "pruner": {"name": method, "when": "init"}}
+              "pruner": {"name": method, "when": "init"}, **(config or {})}
     _write(run / "run.json", {"label": method, "overrides": [], "config": config})
     if failed:
         _write(run / "failed.json", {"stage": "retrain", "error": failed, "time": 0})
@@ -111,6 +112,30 @@ def test_models_that_share_a_builder_are_reported_apart(tmp_path):
     summary = build_report([tmp_path]).summary.set_index("model")
     assert summary.loc["ResNet-20", "test_acc_mean"] == pytest.approx(0.9)
     assert summary.loc["ResNet-32", "test_acc_mean"] == pytest.approx(0.8)
+
+
+def test_runs_of_one_method_with_different_settings_are_reported_apart(tmp_path):
+    """A sweep over a setting (or a protocol that searches one method at another point) is not averaged as if
+    its runs were seeds: the method's name gets the setting. A value that follows from the sparsity (IMP's
+    levels) does not split a method, and in an ablation a run names only what it changes."""
+    for seed in (0, 1):
+        for epoch, acc in ((1, 0.8), (3, 0.9)):
+            fake_run(tmp_path / "sweep" / f"e{epoch}", "cts_kl", 0.99, seed, acc,
+                     config={"train": {"rewind_epoch": epoch}, "runtime": {"threads": seed + 1}})
+        for sparsity, levels in ((0.9, 10), (0.99, 21)):
+            fake_run(tmp_path / "sweep", "ltr", sparsity, seed, 0.7,
+                     config={"pruner": {"name": "ltr", "when": "rewind", "levels": levels}})
+    report = build_report([tmp_path / "sweep"])
+    summary = report.summary.set_index(["method", "sparsity"])
+    assert summary.loc[("cts_kl train.rewind_epoch=1", 0.99), "test_acc_mean"] == pytest.approx(0.8)
+    assert summary.loc[("cts_kl train.rewind_epoch=3", 0.99), "test_acc_mean"] == pytest.approx(0.9)
+    assert summary.loc[("cts_kl train.rewind_epoch=3", 0.99), "seeds"] == "0 1"  # runtime.* is no setting
+    assert {m for m, _ in summary.index if m.startswith("ltr")} == {"ltr"}
+    assert set(report.layers["method"]) == set(summary.index.get_level_values("method"))
+
+    for n, lr in enumerate((0.4, 0.4, 0.1)):
+        fake_run(tmp_path / "ablation" / str(n), "cts_kl", 0.99, 0, 0.5, config={"pruner": {"name": "cts", "lr": lr}})
+    assert set(build_report([tmp_path / "ablation"]).summary["method"]) == {"cts_kl", "cts_kl pruner.lr=0.1"}
 
 
 def test_models_and_datasets_have_the_names_papers_use():
