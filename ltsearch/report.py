@@ -35,6 +35,7 @@ from typing import Any
 import pandas as pd
 
 import ltsearch.plots as plots
+from ltsearch.config import flatten
 from ltsearch.cost import ticket_cost
 from ltsearch.errors import LtsearchError
 from ltsearch.locks import is_held
@@ -158,41 +159,40 @@ NOT_SETTINGS = ("seed", "sparsity", "stages", "runtime", "logger", "sanity", "sw
                 "dataset.root", "dataset.download")
 
 
-def run_settings(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
-    """A run's config flattened to dotted keys with their values as text, less NOT_SETTINGS."""
-    out: dict[str, str] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if name in NOT_SETTINGS:
-            continue
-        if isinstance(value, dict):
-            out.update(run_settings(value, f"{name}."))
-        else:
-            out[name] = str(value)
-    return out
+def run_settings(config: dict[str, Any]) -> dict[str, str]:
+    """A run's config as dotted keys with their values as text, less the keys under NOT_SETTINGS."""
+    return {key: str(value) for key, value in flatten(config).items()
+            if not any(key == p or key.startswith(p + ".") for p in NOT_SETTINGS)}
 
 
 def split_methods_by_setting(data: list[RunData]) -> None:
     """Runs of one method on one model and dataset whose configs differ in a setting (a sweep over
     train.rewind_epoch or pruner.lr, or protocols that search one method at another point) are reported
-    apart: the method's name gets the settings in which the run differs from the others,
-    `cts_kl train.rewind_epoch=3`, so that no table averages different settings as if they were seeds. Only keys that differ between runs at the same sparsity
-    count, and only keys every recorded run of the group has (runs recorded by an older version may lack a
-    key added since); a run without a record keeps its name."""
+    apart: the method's name gets the settings in which the run differs from the others, `cts_kl
+    train.rewind_epoch=3`, so that no table averages different settings as if they were seeds. Only keys
+    that differ between runs at the same sparsity count (a value that follows from the sparsity, such as
+    IMP's number of levels, does not split a method's line), and only keys every recorded run of the group
+    has (runs recorded by an older version may lack a key added since); a run without a record keeps its
+    name."""
     groups: dict[tuple[Any, ...], list[RunData]] = {}
     for d in data:
         if d.settings:
             groups.setdefault((d.row.get("dataset"), d.row.get("model"), d.row.get("method")), []).append(d)
     for runs in groups.values():
         shared = set.intersection(*(set(d.settings) for d in runs))
-        # varying between runs at one sparsity: a value that follows from the sparsity (IMP's number of
-        # levels) does not split a method's line
-        varying = sorted(k for k in shared if any(len({d.settings[k] for d in runs if d.row.get("sparsity") == s}) > 1
-                                                  for s in {d.row.get("sparsity") for d in runs}))
+        varying = sorted(k for k in shared if _varies_at_one_sparsity(runs, k))
         usual = {k: _usual_value([d.settings[k] for d in runs]) for k in varying}
-        for d in runs if varying else ():
+        for d in runs:
             shown = [f"{k}={d.settings[k]}" for k in varying if d.settings[k] != usual[k]]
-            d.rename_method(" ".join([str(d.row["method"]), *shown]))
+            if shown:
+                d.rename_method(" ".join([str(d.row["method"]), *shown]))
+
+
+def _varies_at_one_sparsity(runs: list[RunData], key: str) -> bool:
+    values: dict[Any, set[str]] = {}
+    for d in runs:
+        values.setdefault(d.row.get("sparsity"), set()).add(d.settings[key])
+    return any(len(v) > 1 for v in values.values())
 
 
 def _usual_value(values: list[str]) -> str | None:

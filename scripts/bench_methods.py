@@ -130,10 +130,15 @@ ABLATIONS = {
 }
 
 
+def setting_folder(overrides: list[str]) -> str:
+    """An ablation row's folder, named by its overrides (so that a row added or moved never reuses another's
+    runs) in characters that are safe in a path and in a Hydra override (`hydra.run.dir=...`)."""
+    return re.sub(r"[^A-Za-z0-9.]+", "-", " ".join(overrides)) or "defaults"
+
+
 def part_ablation(out: Path, seeds: list[int], parallel: int, extra: list[str]) -> None:
     keys = [(name, seed) for name in ABLATIONS for seed in seeds]
-    # each setting's folder is named by its overrides, so that a row added or moved never reuses another's runs
-    jobs = [(out / "ablation" / f"{re.sub(r'[^A-Za-z0-9.]+', '-', ' '.join(ABLATIONS[name])) or 'defaults'}_seed{seed}",
+    jobs = [(out / "ablation" / f"{setting_folder(ABLATIONS[name])}_seed{seed}",
              ["pruner=cts_kl", *extra, *ABLATIONS[name], f"seed={seed}"]) for name in ABLATIONS for seed in seeds]
     results = dict(zip(keys, run_all(jobs, parallel), strict=True))
     rows = []
