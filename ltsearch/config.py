@@ -213,7 +213,8 @@ class TrainConfig:
         _require(0 <= self.warmup_epochs < self.epochs, "train.warmup_epochs must be in [0, epochs)")
         _require(
             0 <= self.rewind_epoch < self.epochs,
-            f"train.rewind_epoch must be in [0, epochs={self.epochs}), got {self.rewind_epoch}",
+            f"train.rewind_epoch must be in [0, epochs={self.epochs}), got {self.rewind_epoch} (set it with "
+            f"train.rewind_epoch=N; search_protocol=quickstart sets 3 for the CTS pruners on train=mnist1d)",
         )
         _require(
             all(0 < m < self.epochs for m in self.milestones),

@@ -24,7 +24,7 @@ from ltsearch.compose import register_configs, to_config
 from ltsearch.config import DatasetConfig, RuntimeConfig, config_container
 from ltsearch.data import build_data
 from ltsearch.data.stream import load_image_folder
-from ltsearch.errors import ResumeError
+from ltsearch.errors import ConfigError, ResumeError
 from ltsearch.masking import prunable_modules
 from ltsearch.models import build_model
 from ltsearch.pipeline import check_record, run_pipeline
@@ -192,6 +192,10 @@ def test_the_quickstart_protocol_searches_cts_at_epoch_3_of_the_mnist1d_schedule
     assert rewind("pruner=cts_kl", "train=tiny") == 1
     assert rewind("pruner=cts_kl", "search_protocol=none") == 1
     assert rewind("experiment=lenet_mnist", "pruner=cts_kl", "dataset.root=/data") == 5
+    # a schedule shortened below the protocol's point is refused naming where the 3 comes from
+    with pytest.raises(ConfigError, match=r"got 3 \(set it with train.rewind_epoch=N; search_protocol=quickstart"):
+        make_config("train.epochs=3")
+    assert rewind("train.epochs=3", "train.rewind_epoch=1") == 1
 
 
 def test_cfg_job_shows_the_authors_choices_and_open_lth_is_one_preset_away(tmp_path, monkeypatch, capsys):
